@@ -1,0 +1,48 @@
+"""jaxablate: fast, correct, vectorised ablation studies on GPT-2-family models in JAX.
+
+Example:
+    >>> import jaxablate as ja
+    >>> model = ja.load_gpt2("gpt2")
+    >>> logits = ja.forward(model, tokens)                          # [batch, seq, vocab]
+    >>> out = ja.sweep(model, tokens, ja.masks.single_heads(model.cfg),
+    ...                ja.zero_replacement(model), ja.metrics.logit_diff(io, s))  # [144, batch]
+"""
+
+from jaxablate import masks, metrics
+from jaxablate.components import Component, parse_component
+from jaxablate.config import GPT2Config
+from jaxablate.engine import clean_metric, sweep
+from jaxablate.forward import Cache, attach_sae, forward, run_with_cache
+from jaxablate.loading import load_gpt2
+from jaxablate.mask import Mask
+from jaxablate.masks import MaskSet
+from jaxablate.model import GPT2
+from jaxablate.replacement import Replacement
+from jaxablate.replacements import mean_replacement, resample_replacement, zero_replacement
+from jaxablate.sae import SAE
+from jaxablate.tokenizer import load_tokenizer
+
+__all__ = [
+    "Cache",
+    "Component",
+    "GPT2",
+    "GPT2Config",
+    "Mask",
+    "MaskSet",
+    "Replacement",
+    "SAE",
+    "attach_sae",
+    "clean_metric",
+    "forward",
+    "load_gpt2",
+    "load_tokenizer",
+    "masks",
+    "mean_replacement",
+    "metrics",
+    "parse_component",
+    "resample_replacement",
+    "run_with_cache",
+    "sweep",
+    "zero_replacement",
+]
+__version__ = "0.1.0"

@@ -1,0 +1,188 @@
+"""Metrics a sweep evaluates per mask and per example; each declares the positions it reads.
+
+A metric is prepared once on the host against the evaluated tokens (`prepare` checks ids and
+positions and returns `[batch, k]` positions plus per-example arrays), then scored per example
+inside the compiled sweep by a pure function of the logits at those positions only, so the
+unembedding runs at `k` positions instead of all `seq`.
+
+`sweep` returns the metric, not the effect: effect = metric(clean) - metric(ablated).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jaxtyping import Array, Float
+
+from jaxablate.config import GPT2Config
+from jaxablate.validation import check_positions
+
+# score(logits [k, vocab], tokens [seq], clean_logits [k, vocab], data) -> scalar
+Score = Callable[..., Float[Array, ""]]
+
+
+def _ids(values: Any, batch: int, cfg: GPT2Config, what: str) -> np.ndarray:
+    array = np.asarray(values)
+    if array.dtype == bool or not np.issubdtype(array.dtype, np.integer):
+        raise ValueError(f"{what}: expected integer token ids, got dtype {array.dtype}")
+    if array.ndim == 0:
+        array = np.full(batch, int(array))
+    if array.shape != (batch,):
+        raise ValueError(f"{what}: expected ids [batch] = [{batch}], got shape {array.shape}")
+    if array.min() < 0 or array.max() >= cfg.d_vocab:
+        raise ValueError(f"{what}: id outside the vocabulary [0, {cfg.d_vocab})")
+    return array.astype(np.int32)
+
+
+class Metric:
+    """Base class: `prepare` on the host, `score` (a static pure function) per example."""
+
+    name = "metric"
+    reads_clean = False  # whether score needs the clean logits (kl_to_clean)
+
+    def prepare(self, tokens: np.ndarray, cfg: GPT2Config
+                ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+        """(positions int32 [batch, k], per-example arrays with leading batch axis)."""
+        raise NotImplementedError
+
+    score: Score
+
+    def __repr__(self) -> str:
+        return f"{self.name}()"
+
+
+class _AtPosition(Metric):
+    def __init__(self, correct: Any = None, wrong: Any = None, position: Any = -1):
+        self.correct, self.wrong, self.position = correct, wrong, position
+
+    def prepare(self, tokens, cfg):
+        batch, seq = tokens.shape
+        positions = check_positions(self.position, batch, seq, f"{self.name} position")
+        if positions.shape[1] != 1:
+            raise ValueError(f"{self.name} reads one position per example, got "
+                             f"{positions.shape[1]}")
+        data = {}
+        if self.correct is not None:
+            data["correct"] = _ids(self.correct, batch, cfg, f"{self.name} correct")
+        if self.wrong is not None:
+            data["wrong"] = _ids(self.wrong, batch, cfg, f"{self.name} wrong")
+        return positions, data
+
+
+def _logit_diff(logits, tokens, clean, data):
+    return logits[0, data["correct"]] - logits[0, data["wrong"]]
+
+
+def _accuracy_vs_wrong(logits, tokens, clean, data):
+    return (logits[0, data["correct"]] > logits[0, data["wrong"]]).astype(jnp.float32)
+
+
+def _accuracy_top1(logits, tokens, clean, data):
+    return (jnp.argmax(logits[0]) == data["correct"]).astype(jnp.float32)
+
+
+def _prob(logits, tokens, clean, data):
+    return jax.nn.softmax(logits[0])[data["correct"]]
+
+
+class LogitDiff(_AtPosition):
+    name = "logit_diff"
+    score = staticmethod(_logit_diff)
+
+
+class Accuracy(_AtPosition):
+    name = "accuracy"
+
+    @property
+    def score(self):  # type: ignore[override]
+        return _accuracy_top1 if self.wrong is None else _accuracy_vs_wrong
+
+
+class Prob(_AtPosition):
+    name = "prob"
+    score = staticmethod(_prob)
+
+
+def logit_diff(correct: Any, wrong: Any, position: Any = -1) -> Metric:
+    """logit[correct] - logit[wrong] at one position per example (ids [batch] or a scalar).
+
+    Example:
+        >>> metric = logit_diff(io_ids, s_ids)            # IOI: IO minus S at the last token
+    """
+    return LogitDiff(correct, wrong, position)
+
+
+def accuracy(correct: Any, wrong: Any = None, position: Any = -1) -> Metric:
+    """1.0 where the correct id wins: over `wrong` when given, else over the whole vocabulary
+    (top-1), at one position per example."""
+    return Accuracy(correct, wrong, position)
+
+
+def prob(correct: Any, position: Any = -1) -> Metric:
+    """Softmax probability of the correct id at one position per example."""
+    return Prob(correct, None, position)
+
+
+def _loss(logits, tokens, clean, data):
+    logp = jax.nn.log_softmax(logits, axis=-1)
+    picked = jnp.take_along_axis(logp, data["targets"][:, None], axis=-1)[:, 0]
+    return -picked.mean()
+
+
+class Loss(Metric):
+    """Mean next-token cross-entropy over the positions read (all but the last by default)."""
+
+    name = "loss"
+    score = staticmethod(_loss)
+
+    def __init__(self, positions: Any = None):
+        self.positions = positions
+
+    def prepare(self, tokens, cfg):
+        batch, seq = tokens.shape
+        if seq < 2:
+            raise ValueError("loss needs sequences of at least 2 tokens")
+        wanted = np.arange(seq - 1) if self.positions is None else self.positions
+        positions = check_positions(wanted, batch, seq, "loss positions")
+        if (positions == seq - 1).any():
+            raise ValueError(f"loss: position {seq - 1} (the last) has no next token")
+        targets = np.take_along_axis(tokens, positions + 1, axis=1).astype(np.int32)
+        return positions, {"targets": targets}
+
+
+def loss(positions: Any = None) -> Metric:
+    """Next-token cross-entropy (nats), averaged over `positions` (default: every position
+    that has a next token)."""
+    return Loss(positions)
+
+
+def _kl(logits, tokens, clean, data):
+    logp = jax.nn.log_softmax(logits, axis=-1)
+    logq = jax.nn.log_softmax(clean, axis=-1)
+    return (jnp.exp(logq) * (logq - logp)).sum(-1).mean()
+
+
+class KLToClean(Metric):
+    """KL(clean || ablated) of the next-token distribution, averaged over positions read."""
+
+    name = "kl_to_clean"
+    reads_clean = True
+    score = staticmethod(_kl)
+
+    def __init__(self, positions: Any = -1):
+        self.positions = positions
+
+    def prepare(self, tokens, cfg):
+        batch, seq = tokens.shape
+        wanted = np.arange(seq) if self.positions is None else self.positions
+        return check_positions(wanted, batch, seq, "kl_to_clean positions"), {}
+
+
+def kl_to_clean(positions: Any = -1) -> Metric:
+    """KL divergence from the clean to the ablated distribution at `positions` (default the
+    last; None for all), in nats. 0 for the clean model."""
+    return KLToClean(positions)
+

@@ -1,0 +1,212 @@
+"""GPT-2 as one Equinox module: one example per call, blocks stacked and scanned over layers.
+
+Numerics follow Hugging Face's `GPT2LMHeadModel` (REFERENCE.md): LayerNorm eps from the config
+(1e-5), tanh-approximated GELU ("gelu_new"), scores `q.k / sqrt(d_head)`, causal mask before
+the softmax, tied unembedding without bias. In bfloat16 the matmul inputs are bfloat16 while
+LayerNorm, softmax, the residual stream and every accumulation stay float32.
+
+Ablation hooks in as a blend `m * h + (1 - m) * r` at five named points (see `mask.py`):
+  [1] residual stream entering a layer (mask.positions, and the SAE's features),
+  [2] each head's z before W_O (mask.heads, mask.head_positions),
+  [3] each MLP neuron after the GELU (mask.neurons),
+  [4] each MLP layer's output (mask.mlps).
+A mask field that is None skips its blend entirely; the mask is never structure otherwise.
+"""
+
+from __future__ import annotations
+
+import math
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+from jaxtyping import Array, Float, Int
+
+from jaxablate.config import GPT2Config
+from jaxablate.mask import Mask
+from jaxablate.replacement import Replacement
+from jaxablate.sae import SAE
+
+# Activations `run(..., collect=...)` can return, per layer.
+ACTIVATIONS = ("resid_pre", "z", "post", "mlp_out", "pattern")
+
+
+class Blocks(eqx.Module):
+    """Every block's weights, stacked on a leading `layer` axis (scanned over)."""
+
+    ln1_w: Float[Array, "layer d_model"]
+    ln1_b: Float[Array, "layer d_model"]
+    W_qkv: Float[Array, "layer d_model 3 head d_head"]
+    b_qkv: Float[Array, "layer 3 head d_head"]
+    W_O: Float[Array, "layer head d_head d_model"]
+    b_O: Float[Array, "layer d_model"]
+    ln2_w: Float[Array, "layer d_model"]
+    ln2_b: Float[Array, "layer d_model"]
+    W_in: Float[Array, "layer d_model neuron"]
+    b_in: Float[Array, "layer neuron"]
+    W_out: Float[Array, "layer neuron d_model"]
+    b_out: Float[Array, "layer d_model"]
+
+
+def _layer_norm(x, w, b, eps):
+    x = x.astype(jnp.float32)
+    mean = x.mean(-1, keepdims=True)
+    var = ((x - mean) ** 2).mean(-1, keepdims=True)
+    return (x - mean) * jax.lax.rsqrt(var + eps) * w.astype(jnp.float32) + b.astype(jnp.float32)
+
+
+def _blend(h, keep, r):
+    # m * h + (1 - m) * r rather than r + m * (h - r): with m = 1 it returns h bit for bit.
+    return keep * h + (1.0 - keep) * r
+
+
+class GPT2(eqx.Module):
+    """GPT-2 (LM head) for one token sequence; batch with `jaxablate.forward` or `jax.vmap`.
+
+    Example:
+        >>> model = jaxablate.load_gpt2("gpt2")
+        >>> logits = model(jnp.array([15496, 995, 0]))       # [seq, vocab] = [3, 50257]
+    """
+
+    wte: Float[Array, "vocab d_model"]
+    wpe: Float[Array, "n_ctx d_model"]
+    blocks: Blocks
+    lnf_w: Float[Array, " d_model"]
+    lnf_b: Float[Array, " d_model"]
+    cfg: GPT2Config = eqx.field(static=True)
+    sae: SAE | None = None
+
+    @property
+    def dtype(self):
+        return self.wte.dtype
+
+    def _mm(self, spec, a, b):
+        """Matmul in the weights' dtype with float32 accumulation and float32 output."""
+        return jnp.einsum(
+            spec, a.astype(self.dtype), b.astype(self.dtype), preferred_element_type=jnp.float32
+        )
+
+    def embed(self, tokens: Int[Array, " seq"]) -> Float[Array, "seq d_model"]:
+        """Token plus position embedding: the residual stream entering layer 0."""
+        pos = jnp.arange(tokens.shape[0])
+        return self.wte[tokens].astype(jnp.float32) + self.wpe[pos].astype(jnp.float32)
+
+    def unembed(self, x: Float[Array, "k d_model"]) -> Float[Array, "k vocab"]:
+        """Final LayerNorm and the tied unembedding of some residual-stream rows."""
+        h = _layer_norm(x, self.lnf_w, self.lnf_b, self.cfg.layer_norm_eps)
+        return self._mm("kd,vd->kv", h, self.wte)
+
+    def block(
+        self,
+        layer: Int[Array, ""],
+        x: Float[Array, "seq d_model"],
+        mask: Mask,
+        replacement: Replacement,
+    ) -> tuple[Float[Array, "seq d_model"], dict[str, Array]]:
+        """One transformer block with its ablation points; returns the new stream and acts."""
+        p = jax.tree_util.tree_map(lambda a: a[layer], self.blocks)
+        eps, seq = self.cfg.layer_norm_eps, x.shape[0]
+
+        # [1] residual stream entering this layer: SAE features, then whole positions.
+        if mask.sae_features is not None and self.sae is not None:
+            sae = self.sae
+            x = jax.lax.cond(
+                layer == sae.layer,
+                lambda x: sae.ablate(x, mask.sae_features, replacement.sae_features),
+                lambda x: x,
+                x,
+            )
+        if mask.positions is not None:
+            x = _blend(x, mask.positions[layer][:, None], replacement.resid[layer])
+        resid_pre = x
+
+        # Attention.
+        h = _layer_norm(x, p.ln1_w, p.ln1_b, eps)
+        qkv = self._mm("sd,dthe->sthe", h, p.W_qkv) + p.b_qkv
+        q, k, v = qkv[:, 0], qkv[:, 1], qkv[:, 2]
+        scores = self._mm("qhe,khe->hqk", q, k) / math.sqrt(self.cfg.d_head)
+        causal = jnp.tril(jnp.ones((seq, seq), bool))
+        pattern = jax.nn.softmax(jnp.where(causal, scores, -jnp.inf), axis=-1)
+        z = self._mm("hqk,khe->qhe", pattern, v)
+        # [2] each head's z, at all positions or at chosen ones.
+        if mask.heads is not None:
+            z = _blend(z, mask.heads[layer][None, :, None], replacement.z[layer])
+        if mask.head_positions is not None:
+            z = _blend(z, mask.head_positions[layer][:, :, None], replacement.z[layer])
+        x = x + self._mm("she,hed->sd", z, p.W_O) + p.b_O
+
+        # MLP.
+        h = _layer_norm(x, p.ln2_w, p.ln2_b, eps)
+        post = jax.nn.gelu(self._mm("sd,dn->sn", h, p.W_in) + p.b_in, approximate=True)
+        # [3] single neurons after the nonlinearity.
+        if mask.neurons is not None:
+            post = _blend(post, mask.neurons[layer][None, :], replacement.post[layer])
+        mlp_out = self._mm("sn,nd->sd", post, p.W_out) + p.b_out
+        # [4] the whole MLP's output.
+        if mask.mlps is not None:
+            mlp_out = _blend(mlp_out, mask.mlps[layer], replacement.mlp_out[layer])
+        x = x + mlp_out
+
+        acts = {"resid_pre": resid_pre, "z": z, "post": post, "mlp_out": mlp_out,
+                "pattern": pattern}
+        return x, acts
+
+    def run(
+        self,
+        tokens: Int[Array, " seq"],
+        mask: Mask | None = None,
+        replacement: Replacement | None = None,
+        *,
+        positions: Int[Array, " k"] | None = None,
+        collect: tuple[str, ...] = (),
+    ) -> tuple[Float[Array, "k vocab"], dict[str, Array]]:
+        """Logits at `positions` (all when None) and the activations named in `collect`.
+
+        Collected activations are stacked over layers: resid_pre [layer+1, seq, d_model] (the
+        last row is the final residual stream), z [layer, seq, head, d_head],
+        post [layer, seq, neuron], mlp_out [layer, seq, d_model], pattern [layer, head, seq, key].
+        Inputs are trusted here; `jaxablate.forward` validates them.
+        """
+        mask = Mask() if mask is None else mask
+        replacement = Replacement() if replacement is None else replacement
+
+        def step(x, layer):
+            x, acts = self.block(layer, x, mask, replacement)
+            return x, {name: acts[name] for name in collect}
+
+        x, acts = jax.lax.scan(step, self.embed(tokens), jnp.arange(self.cfg.n_layers))
+        if "resid_pre" in collect:
+            acts["resid_pre"] = jnp.concatenate([acts["resid_pre"], x[None]], axis=0)
+        return self.unembed(x if positions is None else x[positions]), acts
+
+    def resume(
+        self,
+        x: Float[Array, "seq d_model"],
+        start: Int[Array, ""],
+        mask: Mask,
+        replacement: Replacement,
+        positions: Int[Array, " k"],
+    ) -> Float[Array, "k vocab"]:
+        """Run layers `start .. n_layers-1` from the residual stream entering `start`.
+
+        `start` is data (a traced int), so one compiled program serves every start layer: the
+        sweep runs the clean prefix once and resumes each mask from its first touched layer.
+        Forward-only (a loop with a data-dependent trip count has no reverse-mode derivative).
+        """
+
+        def step(layer, x):
+            return self.block(layer, x, mask, replacement)[0]
+
+        x = jax.lax.fori_loop(start, self.cfg.n_layers, step, x)
+        return self.unembed(x[positions])
+
+    def __call__(
+        self,
+        tokens: Int[Array, " seq"],
+        mask: Mask | None = None,
+        replacement: Replacement | None = None,
+        *,
+        positions: Int[Array, " k"] | None = None,
+    ) -> Float[Array, "k vocab"]:
+        """Logits `[seq, vocab]` (or `[k, vocab]` at `positions`) of one token sequence."""
+        return self.run(tokens, mask, replacement, positions=positions)[0]

@@ -1,0 +1,167 @@
+"""Input checks run on the host before anything is traced or compiled.
+
+Every check raises ValueError (TypeError for a wrong kind of object) with a message that names
+the argument, what was expected and what was given, e.g.
+"tokens: expected int [batch, seq], got shape (16,)".
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from jaxablate.config import GPT2Config
+from jaxablate.mask import Mask, kind_shapes
+from jaxablate.replacement import FIELD_FOR_KIND, Replacement
+
+
+def check_tokens(tokens: Any, cfg: GPT2Config) -> np.ndarray:
+    """Tokens as int32 numpy `[batch, seq]`, or a ValueError naming what is wrong.
+
+    JAX gathers clamp out-of-range indices silently, so ids outside the vocabulary would give
+    plausible-looking wrong logits: they are refused here.
+
+    Example:
+        >>> check_tokens([[15496, 995, 0]], cfg).shape
+        (1, 3)
+    """
+    array = np.asarray(tokens)
+    if array.dtype == bool or not np.issubdtype(array.dtype, np.integer):
+        raise ValueError(f"tokens: expected integer token ids, got dtype {array.dtype}")
+    if array.ndim != 2:
+        hint = " (wrap one sequence as tokens[None])" if array.ndim == 1 else ""
+        raise ValueError(f"tokens: expected int [batch, seq], got shape {array.shape}{hint}")
+    batch, seq = array.shape
+    if batch == 0 or seq == 0:
+        raise ValueError(f"tokens: expected a non-empty [batch, seq], got shape {array.shape}")
+    if seq > cfg.n_ctx:
+        raise ValueError(f"tokens: sequence length {seq} exceeds the model's n_ctx {cfg.n_ctx}")
+    low, high = int(array.min()), int(array.max())
+    if low < 0 or high >= cfg.d_vocab:
+        bad = low if low < 0 else high
+        raise ValueError(
+            f"tokens: id {bad} is outside the vocabulary [0, {cfg.d_vocab}); "
+            "was the prompt tokenized for another model?"
+        )
+    return array.astype(np.int32)
+
+
+def check_positions(positions: Any, batch: int, seq: int, what: str = "positions") -> np.ndarray:
+    """Positions as int32 `[batch, k]` in [0, seq); negative values count from the end.
+
+    Accepts an int, a sequence `[k]` shared by all examples, or `[batch]` / `[batch, k]`.
+    """
+    array = np.asarray(positions)
+    if array.dtype == bool or not np.issubdtype(array.dtype, np.integer):
+        raise ValueError(f"{what}: expected integer positions, got dtype {array.dtype}")
+    if array.ndim == 0:
+        array = np.full((batch, 1), int(array))
+    elif array.ndim == 1 and array.shape[0] == batch and batch > 1:
+        array = array[:, None]
+    elif array.ndim == 1:
+        array = np.broadcast_to(array[None, :], (batch, array.shape[0]))
+    elif array.ndim != 2 or array.shape[0] != batch:
+        raise ValueError(f"{what}: expected [k] or [batch, k] with batch={batch}, "
+                         f"got shape {array.shape}")
+    if array.size and (array.min() < -seq or array.max() >= seq):
+        raise ValueError(f"{what}: position out of range for sequence length {seq} "
+                         f"(got values from {array.min()} to {array.max()})")
+    return (array % seq).astype(np.int32)
+
+
+def check_mask(
+    mask: Any,
+    cfg: GPT2Config,
+    seq_len: int,
+    *,
+    stacked: bool,
+    n_features: int | None,
+) -> None:
+    """Check a `Mask` (stacked: with a leading mask axis) against the model and prompts."""
+    if not isinstance(mask, Mask):
+        raise TypeError(f"mask: expected a jaxablate.Mask, got {type(mask).__name__}")
+    kinds = mask.kinds()
+    shapes = kind_shapes(cfg, seq_len=seq_len, n_features=n_features)
+    leading = None
+    for kind in kinds:
+        array = np.asarray(getattr(mask, kind))
+        if kind == "sae_features" and n_features is None:
+            raise ValueError("mask.sae_features is set but the model has no SAE; "
+                             "attach one with jaxablate.attach_sae")
+        want = shapes[kind]
+        have = array.shape[1:] if stacked else array.shape
+        if stacked and array.ndim == 0:
+            have = ()
+        if have != want:
+            axes = {"heads": "layer, head", "head_positions": "layer, seq, head",
+                    "mlps": "layer", "neurons": "layer, neuron", "positions": "layer, seq",
+                    "sae_features": "feature"}[kind]
+            prefix = "n, " if stacked else ""
+            raise ValueError(f"mask.{kind}: expected [{prefix}{axes}] = "
+                             f"{([array.shape[0]] if stacked and array.ndim else []) + list(want)}"
+                             f", got {list(array.shape)} (built for another model or "
+                             "sequence length?)")
+        if stacked:
+            if leading is not None and array.shape[0] != leading:
+                raise ValueError(f"mask.{kind}: leading mask axis is {array.shape[0]} but "
+                                 f"other kinds have {leading}")
+            leading = array.shape[0]
+        if not np.issubdtype(array.dtype, np.floating):
+            raise ValueError(f"mask.{kind}: keep-weights must be floats, got {array.dtype}")
+        if not np.isfinite(array).all() or array.min(initial=0.0) < 0 or \
+                array.max(initial=1.0) > 1:
+            raise ValueError(f"mask.{kind}: keep-weights must lie in [0, 1], got values from "
+                             f"{np.nanmin(array)} to {np.nanmax(array)}")
+    if stacked and leading == 0:
+        raise ValueError("masks: the mask set is empty (leading axis 0)")
+
+
+def check_replacement(
+    replacement: Any,
+    mask_kinds: tuple[str, ...],
+    cfg: GPT2Config,
+    seq_len: int,
+    batch: int,
+    n_features: int | None,
+) -> None:
+    """Check that `replacement` has values, of the right shapes, for every kind masked."""
+    if not mask_kinds:
+        return
+    if replacement is None:
+        raise ValueError("replacement: a mask is given but no replacement; use "
+                         "jaxablate.zero_replacement(model) or mean_replacement/resample")
+    if not isinstance(replacement, Replacement):
+        raise TypeError(f"replacement: expected a jaxablate.Replacement, got "
+                        f"{type(replacement).__name__}")
+    d = cfg
+    per_layer = {
+        "z": (d.n_layers, None, d.n_heads, d.d_head),
+        "mlp_out": (d.n_layers, None, d.d_model),
+        "post": (d.n_layers, None, d.d_mlp),
+        "resid": (d.n_layers, None, d.d_model),
+        "sae_features": (None, n_features),
+    }
+    for kind in mask_kinds:
+        field = FIELD_FOR_KIND[kind]
+        value = getattr(replacement, field)
+        if value is None:
+            raise ValueError(f"replacement has no {field!r} values, needed to ablate {kind}")
+        shape = np.shape(value)
+        if replacement.per_example:
+            if not shape or shape[0] != batch:
+                raise ValueError(f"replacement.{field}: per-example values for batch "
+                                 f"{shape[0] if shape else None}, but {batch} prompts are "
+                                 "evaluated")
+            shape = shape[1:]
+        want = per_layer[field]
+        seq_axis = want.index(None)
+        ok = len(shape) == len(want) and all(
+            w is None or s == w for s, w in zip(shape, want)
+        ) and shape[seq_axis] in (1, seq_len)
+        if not ok:
+            shown = ["seq|1" if w is None else w for w in want]
+            raise ValueError(f"replacement.{field}: expected {shown} with seq={seq_len}, "
+                             f"got {list(shape)} (built for another model or sequence length?)")
+        if not np.isfinite(np.asarray(value)).all():
+            raise ValueError(f"replacement.{field} contains NaN or inf")
