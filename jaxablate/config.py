@@ -18,7 +18,8 @@ Axis names used in every shape annotation of this package (jaxtyping strings):
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 # HF config attributes that change GPT-2's arithmetic, and the only values we implement.
 # Anything else there (names, tokenizer ids, generation settings) does not affect logits.

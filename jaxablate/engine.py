@@ -12,7 +12,8 @@ How it stays fast:
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import equinox as eqx
 import jax
@@ -153,21 +154,19 @@ def sweep(
     resid, clean = _clean_pass(model, tokens_j, positions_j)
     sae_layer = None if model.sae is None else model.sae.layer
     starts = mask_set.first_layers(sae_layer) if reuse_prefix else np.zeros(n, np.int64)
+    # Masks sorted by first touched layer; each chunk resumes at its earliest mask's layer.
+    # A chunk that straddles two groups recomputes a few clean layers for some of its masks
+    # (same numbers up to rounding) instead of padding every group to a full chunk.
     order = np.argsort(starts, kind="stable")
-
     out = np.empty((n, batch), np.float32)
-    done = 0
-    for start in np.unique(starts):
-        group = order[starts[order] == start]
-        for begin in range(0, len(group), chunk_size):
-            idx = group[begin:begin + chunk_size]
-            chunk = _pad(mask_set.materialize(idx), chunk_size)
-            values = _run_chunk(model, resid, jnp.int32(start), chunk, replacement, tokens_j,
-                                positions_j, clean, data_j, metric.score)
-            out[idx] = np.asarray(values)[: len(idx)]
-            done += len(idx)
-            if progress is not None:
-                progress(done, n)
+    for begin in range(0, n, chunk_size):
+        idx = order[begin:begin + chunk_size]
+        chunk = _pad(mask_set.materialize(idx), chunk_size)
+        values = _run_chunk(model, resid, jnp.int32(starts[idx[0]]), chunk, replacement,
+                            tokens_j, positions_j, clean, data_j, metric.score)
+        out[idx] = np.asarray(values)[: len(idx)]
+        if progress is not None:
+            progress(begin + len(idx), n)
     return out
 
 

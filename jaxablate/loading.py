@@ -10,7 +10,8 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from collections.abc import Callable, Mapping
+from typing import Any
 
 import jax.numpy as jnp
 import numpy as np
@@ -188,7 +189,7 @@ def load_hf_model(hf_model: Any, dtype: str = "float32") -> GPT2:
     return build_model(cfg, list(state), state.__getitem__, dtype)
 
 
-def load_gpt2(source: Any, dtype: str = "float32", *, allow_pickle: bool = False) -> GPT2:
+def load_gpt2(source: Any, dtype: Any = "float32", *, allow_pickle: bool = False) -> GPT2:
     """Load a GPT-2-family model as a jaxablate `GPT2`.
 
     `source` is a hub id ("gpt2", "gpt2-medium", "gpt2-large", "gpt2-xl", "distilgpt2",

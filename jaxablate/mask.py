@@ -24,7 +24,7 @@ masks with the same fields (and shapes) run through the same compiled program. A
 
 from __future__ import annotations
 
-from typing import Iterable
+from collections.abc import Iterable
 
 import equinox as eqx
 import jax.numpy as jnp

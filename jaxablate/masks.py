@@ -12,7 +12,8 @@ Enumeration is layer-major (head 0.0, 0.1, ..., 0.H-1, 1.0, ...); `head_pairs` l
 from __future__ import annotations
 
 import itertools
-from typing import Any, Iterable, Sequence
+from collections.abc import Iterable, Sequence
+from typing import Any
 
 import jax.numpy as jnp
 import numpy as np

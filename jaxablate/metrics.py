@@ -10,7 +10,8 @@ unembedding runs at `k` positions instead of all `seq`.
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -60,7 +61,8 @@ class _AtPosition(Metric):
 
     def prepare(self, tokens, cfg):
         batch, seq = tokens.shape
-        positions = check_positions(self.position, batch, seq, f"{self.name} position")
+        positions = check_positions(self.position, batch, seq, f"{self.name} position",
+                                    per_example=True)
         if positions.shape[1] != 1:
             raise ValueError(f"{self.name} reads one position per example, got "
                              f"{positions.shape[1]}")

@@ -52,7 +52,13 @@ def _layer_norm(x, w, b, eps):
     x = x.astype(jnp.float32)
     mean = x.mean(-1, keepdims=True)
     var = ((x - mean) ** 2).mean(-1, keepdims=True)
-    return (x - mean) * jax.lax.rsqrt(var + eps) * w.astype(jnp.float32) + b.astype(jnp.float32)
+    w, b = w.astype(jnp.float32)[None], b.astype(jnp.float32)[None]
+    return (x - mean) * jax.lax.rsqrt(var + eps) * w + b
+
+
+def _f32(bias):
+    # Biases are added in float32 (the accumulation dtype), with an explicit leading seq axis.
+    return bias.astype(jnp.float32)[None]
 
 
 def _blend(h, keep, r):
@@ -122,26 +128,26 @@ class GPT2(eqx.Module):
 
         # Attention.
         h = _layer_norm(x, p.ln1_w, p.ln1_b, eps)
-        qkv = self._mm("sd,dthe->sthe", h, p.W_qkv) + p.b_qkv
+        qkv = self._mm("sd,dthe->sthe", h, p.W_qkv) + _f32(p.b_qkv)
         q, k, v = qkv[:, 0], qkv[:, 1], qkv[:, 2]
         scores = self._mm("qhe,khe->hqk", q, k) / math.sqrt(self.cfg.d_head)
         causal = jnp.tril(jnp.ones((seq, seq), bool))
-        pattern = jax.nn.softmax(jnp.where(causal, scores, -jnp.inf), axis=-1)
+        pattern = jax.nn.softmax(jnp.where(causal[None], scores, -jnp.inf), axis=-1)
         z = self._mm("hqk,khe->qhe", pattern, v)
         # [2] each head's z, at all positions or at chosen ones.
         if mask.heads is not None:
             z = _blend(z, mask.heads[layer][None, :, None], replacement.z[layer])
         if mask.head_positions is not None:
             z = _blend(z, mask.head_positions[layer][:, :, None], replacement.z[layer])
-        x = x + self._mm("she,hed->sd", z, p.W_O) + p.b_O
+        x = x + self._mm("she,hed->sd", z, p.W_O) + _f32(p.b_O)
 
         # MLP.
         h = _layer_norm(x, p.ln2_w, p.ln2_b, eps)
-        post = jax.nn.gelu(self._mm("sd,dn->sn", h, p.W_in) + p.b_in, approximate=True)
+        post = jax.nn.gelu(self._mm("sd,dn->sn", h, p.W_in) + _f32(p.b_in), approximate=True)
         # [3] single neurons after the nonlinearity.
         if mask.neurons is not None:
             post = _blend(post, mask.neurons[layer][None, :], replacement.post[layer])
-        mlp_out = self._mm("sn,nd->sd", post, p.W_out) + p.b_out
+        mlp_out = self._mm("sn,nd->sd", post, p.W_out) + _f32(p.b_out)
         # [4] the whole MLP's output.
         if mask.mlps is not None:
             mlp_out = _blend(mlp_out, mask.mlps[layer], replacement.mlp_out[layer])

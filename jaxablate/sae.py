@@ -71,7 +71,7 @@ class SAE(eqx.Module):
     def encode(self, x: Float[Array, "seq d_model"]) -> Float[Array, "seq feature"]:
         """Feature activations of one sequence's residual stream."""
         x = x.astype(jnp.float32)
-        return jax.nn.relu((x - self.b_dec) @ self.W_enc + self.b_enc)
+        return jax.nn.relu((x - self.b_dec[None]) @ self.W_enc + self.b_enc[None])
 
     def ablate(
         self,
@@ -81,4 +81,4 @@ class SAE(eqx.Module):
     ) -> Float[Array, "seq d_model"]:
         """Blend each feature's activation towards its replacement by its keep-weight."""
         acts = self.encode(x)
-        return x - ((1.0 - keep) * (acts - replacement)) @ self.W_dec
+        return x - ((1.0 - keep)[None] * (acts - replacement)) @ self.W_dec

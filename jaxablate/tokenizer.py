@@ -24,10 +24,7 @@ def load_tokenizer(source: str | os.PathLike) -> Any:
                 os.path.isfile(os.path.join(text, "tokenizer.json")):
             return AutoTokenizer.from_pretrained(text)
         if has_bpe:
-            return GPT2TokenizerFast(
-                vocab_file=os.path.join(text, "vocab.json"),
-                merges_file=os.path.join(text, "merges.txt"),
-            )
+            return GPT2TokenizerFast.from_pretrained(text)
         raise ValueError(f"{text} holds no tokenizer (need vocab.json + merges.txt, or "
                          "tokenizer.json)")
     if os.path.exists(text):

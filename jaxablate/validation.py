@@ -47,17 +47,22 @@ def check_tokens(tokens: Any, cfg: GPT2Config) -> np.ndarray:
     return array.astype(np.int32)
 
 
-def check_positions(positions: Any, batch: int, seq: int, what: str = "positions") -> np.ndarray:
+def check_positions(positions: Any, batch: int, seq: int, what: str = "positions",
+                    *, per_example: bool = False) -> np.ndarray:
     """Positions as int32 `[batch, k]` in [0, seq); negative values count from the end.
 
-    Accepts an int, a sequence `[k]` shared by all examples, or `[batch]` / `[batch, k]`.
+    Accepts an int, `[batch, k]`, and a 1-D sequence read as `[k]` positions shared by all
+    examples, or, with `per_example=True` (metrics reading one position), as `[batch]`.
     """
     array = np.asarray(positions)
     if array.dtype == bool or not np.issubdtype(array.dtype, np.integer):
         raise ValueError(f"{what}: expected integer positions, got dtype {array.dtype}")
     if array.ndim == 0:
         array = np.full((batch, 1), int(array))
-    elif array.ndim == 1 and array.shape[0] == batch and batch > 1:
+    elif array.ndim == 1 and per_example:
+        if array.shape[0] != batch:
+            raise ValueError(f"{what}: expected one position per example [batch] = [{batch}], "
+                             f"got shape {array.shape}")
         array = array[:, None]
     elif array.ndim == 1:
         array = np.broadcast_to(array[None, :], (batch, array.shape[0]))

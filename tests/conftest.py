@@ -1,0 +1,147 @@
+"""Shared fixtures: a tiny random GPT-2 in Hugging Face, jaxablate and TransformerLens form.
+
+Nothing here touches the network. Every model is built from a seeded random initialisation;
+biases and LayerNorm parameters (zero / one after HF's init) are randomised too, so a swapped
+bias or a dropped LayerNorm gain changes the logits and the equivalence tests catch it.
+
+Strict JAX numerics for the whole suite (as in Equinox's tests/conftest.py): implicit rank
+promotion raises, and dtype promotion is strict (no silent float32 + bfloat16 -> float32).
+"""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import jax
+import pytest
+
+jax.config.update("jax_numpy_rank_promotion", "raise")
+jax.config.update("jax_numpy_dtype_promotion", "strict")
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+TOKENIZER_DIR = REPO_ROOT.parent / "shared" / "data" / "gpt2-tokenizer"
+
+# Small enough for 2 CPU cores, large enough to have several layers, heads and a real causal mask.
+TINY = dict(n_layer=2, n_head=4, n_embd=32, vocab_size=101, n_positions=64)
+
+
+def tiny_hf_config(**overrides):
+    """The tiny test config as a `transformers.GPT2Config` (eager attention, no dropout).
+
+    initializer_range 0.2 (HF's default is 0.02) makes attention patterns far from uniform
+    and logits of order 1, so a 1e-4 tolerance is a real constraint.
+    """
+    import transformers
+
+    kwargs = dict(
+        TINY,
+        bos_token_id=0,
+        eos_token_id=0,
+        initializer_range=0.2,
+        resid_pdrop=0.0,
+        embd_pdrop=0.0,
+        attn_pdrop=0.0,
+    )
+    kwargs.update(overrides)
+    config = transformers.GPT2Config(**kwargs)
+    config._attn_implementation = "eager"  # transformers 5: sdpa drifts by ~1e-3
+    return config
+
+
+def make_hf_model(config, seed: int = 0, noise: float = 0.1):
+    """A seeded random `GPT2LMHeadModel` in eval mode, with randomised biases and LN params."""
+    import torch
+    import transformers
+
+    torch.manual_seed(seed)
+    model = transformers.GPT2LMHeadModel(config).eval()
+    generator = torch.Generator().manual_seed(seed + 1)
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if name.endswith(".bias") or ".ln_" in name:
+                param.add_(noise * torch.randn(param.shape, generator=generator))
+    return model
+
+
+def tl_from_hf(hf_model):
+    """A TransformerLens 3.x `HookedTransformer` with `hf_model`'s weights, built offline.
+
+    As REFERENCE.md says: config by hand, then `convert_gpt2_weights` and
+    `load_and_process_state_dict` with every folding/centring off (fold_value_biases=False is
+    the convention under which zero-ablating z matches jaxablate).
+    """
+    from transformer_lens import HookedTransformer, HookedTransformerConfig
+    from transformer_lens.pretrained.weight_conversions import convert_gpt2_weights
+
+    c = hf_model.config
+    cfg = HookedTransformerConfig(
+        n_layers=c.n_layer,
+        d_model=c.n_embd,
+        n_heads=c.n_head,
+        d_head=c.n_embd // c.n_head,
+        d_mlp=c.n_inner or 4 * c.n_embd,
+        d_vocab=c.vocab_size,
+        n_ctx=c.n_positions,
+        eps=c.layer_norm_epsilon,
+        act_fn="gelu_new",
+        normalization_type="LN",
+        original_architecture="GPT2LMHeadModel",
+        positional_embedding_type="standard",
+        attn_only=False,
+        default_prepend_bos=False,
+        device="cpu",
+        dtype=hf_model.dtype,
+    )
+    with warnings.catch_warnings():
+        # TL 3.x announces HookedTransformer's removal in 4.0 (REFERENCE.md: we pin <4). The
+        # warning's stacklevel attributes it to this file, so pyproject's
+        # "ignore::DeprecationWarning:transformer_lens.*" filter does not catch it.
+        warnings.filterwarnings("ignore", message="HookedTransformer is deprecated",
+                                category=DeprecationWarning)
+        model = HookedTransformer(cfg)
+    state_dict = convert_gpt2_weights(hf_model, cfg)
+    model.load_and_process_state_dict(
+        state_dict,
+        fold_ln=False,
+        center_writing_weights=False,
+        center_unembed=False,
+        fold_value_biases=False,
+    )
+    return model.eval()
+
+
+@pytest.fixture(scope="session")
+def tiny_hf():
+    """The tiny random HF `GPT2LMHeadModel` (eval mode, seed 0)."""
+    return make_hf_model(tiny_hf_config(), seed=0)
+
+
+@pytest.fixture(scope="session")
+def tiny_dir(tiny_hf, tmp_path_factory):
+    """A folder with the tiny model as `save_pretrained` writes it (config + safetensors)."""
+    folder = tmp_path_factory.mktemp("tiny-gpt2")
+    tiny_hf.save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tiny_dir):
+    """The tiny model loaded by jaxablate from `tiny_dir` (float32)."""
+    import jaxablate
+
+    return jaxablate.load_gpt2(tiny_dir)
+
+
+@pytest.fixture(scope="session")
+def tiny_tl(tiny_hf):
+    """The tiny model as a TransformerLens `HookedTransformer` (same weights, nothing folded)."""
+    return tl_from_hf(tiny_hf)
+
+
+@pytest.fixture(scope="session")
+def tokenizer_dir():
+    """The real GPT-2 tokenizer files (vocab.json + merges.txt) shipped next to the repo."""
+    if not (TOKENIZER_DIR / "vocab.json").is_file():
+        pytest.skip(f"GPT-2 tokenizer files not found at {TOKENIZER_DIR}")
+    return TOKENIZER_DIR
