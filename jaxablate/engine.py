@@ -66,13 +66,23 @@ def default_chunk_size(model: GPT2, batch: int, seq_len: int, n_read: int, n_mas
 
     The budget defaults to 1 GiB on CPU and a quarter of an accelerator's memory.
     """
-    if memory_budget is None:
-        memory_budget = DEFAULT_CPU_BUDGET
-        stats = jax.devices()[0].memory_stats() if jax.devices()[0].platform != "cpu" else None
-        if stats and "bytes_limit" in stats:
-            memory_budget = stats["bytes_limit"] // 4
     per_mask = batch * bytes_per_example(model, seq_len, n_read)
-    return int(max(1, min(n_masks, memory_budget // per_mask)))
+    return int(max(1, min(n_masks, _budget(memory_budget) // per_mask)))
+
+
+def _budget(memory_budget: int | None) -> int:
+    """Bytes of live activations allowed: as given, else 1 GiB on CPU and a quarter of an
+    accelerator's memory."""
+    if memory_budget is not None:
+        if not isinstance(memory_budget, int) or memory_budget < 1:
+            raise ValueError(f"memory_budget must be a positive number of bytes, got "
+                             f"{memory_budget!r}")
+        return memory_budget
+    device = jax.devices()[0]
+    stats = device.memory_stats() if device.platform != "cpu" else None
+    if stats and "bytes_limit" in stats:
+        return stats["bytes_limit"] // 4
+    return DEFAULT_CPU_BUDGET
 
 
 @eqx.filter_jit
@@ -86,26 +96,84 @@ def _clean_pass(model, tokens, positions):
 
 
 @eqx.filter_jit
-def _run_chunk(model, resid, start, masks, replacement, tokens, positions, clean, data, score):
-    """Metric [chunk, batch] of a chunk of masks that all leave layers < start untouched."""
-    x0 = resid[:, start]
+def _run_chunk(model, x0, start, masks, replacement, tokens, positions, clean, data, score):
+    """Metric [chunk, batch] of a chunk of masks resumed at layer `start` from `x0`.
 
+    x0 is the stream entering `start`: [batch, seq, d] shared by the chunk (the clean one),
+    or [chunk, batch, seq, d], one per mask (each resumed from its parent's stream).
+    """
     def one(mask, x, repl, tok, pos, cl, d):
         return score(model.resume(x, start, mask, repl, pos), tok, cl, d)
 
     r_axis = 0 if replacement is not None and replacement.per_example else None
     per_example = jax.vmap(one, in_axes=(None, 0, r_axis, 0, 0, 0, 0))
-    return jax.vmap(per_example, in_axes=(0,) + (None,) * 6)(
+    x_axis = 0 if x0.ndim == 4 else None
+    return jax.vmap(per_example, in_axes=(0, x_axis) + (None,) * 5)(
         masks, x0, replacement, tokens, positions, clean, data)
 
 
-def _pad(mask: Mask, size: int) -> Mask:
-    """Pad a stacked mask to `size` with keep-all masks (results of padding are dropped)."""
+@eqx.filter_jit
+def _run_trajectories(model, resid, start, masks, replacement):
+    """Residual stream entering every layer under each mask: [chunk, batch, layer+1, seq, d]."""
+    def one(mask, r, repl):
+        return model.trajectory(r, start, mask, repl)
+
+    r_axis = 0 if replacement is not None and replacement.per_example else None
+    per_example = jax.vmap(one, in_axes=(None, 0, r_axis))
+    return jax.vmap(per_example, in_axes=(0, None, None))(masks, resid, replacement)
+
+
+def _pad(tree: Any, size: int, fill: float = 1.0) -> Any:
+    """Pad every leaf's leading axis to `size` (keep-all masks, or zeros for streams); the
+    results of padding are dropped."""
     def pad(a):
         extra = size - a.shape[0]
-        return a if extra == 0 else jnp.concatenate([a, jnp.ones((extra,) + a.shape[1:],
-                                                                  a.dtype)])
-    return jax.tree_util.tree_map(pad, mask)
+        return a if extra == 0 else jnp.concatenate(
+            [a, jnp.full((extra,) + a.shape[1:], fill, a.dtype)])
+    return jax.tree_util.tree_map(pad, tree)
+
+
+def _parents(mask_set: MaskSet, first: np.ndarray, last: np.ndarray, sae_layer: int | None
+             ) -> tuple[MaskSet | None, np.ndarray]:
+    """Shared prefixes of masks that touch several layers.
+
+    A mask touching layers first < last leaves the stream entering `last` as its "parent"
+    (the mask restricted to layers < last) leaves it: pairs (i, j) across layers share the
+    parent {i}. Returns the parent MaskSet (None if reuse does not pay) and, per mask, its
+    parent's index or -1.
+    """
+    n = len(mask_set)
+    multi = first < last
+    parent_of = np.full(n, -1, np.int64)
+    if not multi.any():
+        return None, parent_of
+    keys: list[list] = [[] for _ in range(n)]
+    for kind in mask_set.kinds:
+        mask_id, index, weight = mask_set.entries[kind]
+        layer = mask_set.entry_layers(kind, sae_layer)
+        sel = multi[mask_id] & (weight != 1.0) & (layer < last[mask_id])
+        for m, idx, w in zip(mask_id[sel], index[sel], weight[sel]):
+            keys[m].append((kind, tuple(int(v) for v in idx), float(w)))
+    ids: dict[tuple, int] = {}
+    for m in np.nonzero(multi)[0]:
+        parent_of[m] = ids.setdefault(tuple(sorted(keys[m])), len(ids))
+    # A parent run costs about what one child saves: worth it only when parents are shared.
+    if multi.sum() < 2 * len(ids):
+        return None, np.full(n, -1, np.int64)
+    rows = {k: [] for k in mask_set.kinds}
+    for key, p in ids.items():
+        for kind, idx, w in key:
+            rows[kind].append((p, idx, w))
+    entries = {}
+    for kind in mask_set.kinds:
+        ndim = mask_set.entries[kind][1].shape[1]
+        entries[kind] = (np.array([r[0] for r in rows[kind]], np.int64),
+                         np.array([r[1] for r in rows[kind]], np.int64).reshape(-1, ndim),
+                         np.array([r[2] for r in rows[kind]], np.float32))
+    parents = MaskSet(mask_set.cfg, entries, [f"parent{p}" for p in range(len(ids))],
+                      seq_len=mask_set.seq_len, n_features=mask_set.n_features)
+    parents.kinds = mask_set.kinds  # same program shape as the children
+    return parents, parent_of
 
 
 def sweep(
@@ -153,22 +221,54 @@ def sweep(
     data_j = {k: jnp.asarray(v) for k, v in data.items()}
     resid, clean = _clean_pass(model, tokens_j, positions_j)
     sae_layer = None if model.sae is None else model.sae.layer
-    starts = mask_set.first_layers(sae_layer) if reuse_prefix else np.zeros(n, np.int64)
-    # Masks sorted by first touched layer; each chunk resumes at its earliest mask's layer.
-    # A chunk that straddles two groups recomputes a few clean layers for some of its masks
-    # (same numbers up to rounding) instead of padding every group to a full chunk.
-    order = np.argsort(starts, kind="stable")
+    first, last = mask_set.layer_span(sae_layer)
+    if not reuse_prefix:
+        first[:] = 0
+    parents, parent_of = (_parents(mask_set, first, last, sae_layer) if reuse_prefix
+                          else (None, np.full(n, -1, np.int64)))
     out = np.empty((n, batch), np.float32)
-    for begin in range(0, n, chunk_size):
-        idx = order[begin:begin + chunk_size]
-        chunk = _pad(mask_set.materialize(idx), chunk_size)
-        values = _run_chunk(model, resid, jnp.int32(starts[idx[0]]), chunk, replacement,
-                            tokens_j, positions_j, clean, data_j, metric.score)
-        out[idx] = np.asarray(values)[: len(idx)]
-        if progress is not None:
-            progress(begin + len(idx), n)
-    return out
+    done = 0
 
+    def run(idx: np.ndarray, start: int, x0: jax.Array) -> None:
+        nonlocal done
+        chunk = _pad(mask_set.materialize(idx), chunk_size)
+        values = _run_chunk(model, x0, jnp.int32(start), chunk, replacement, tokens_j,
+                            positions_j, clean, data_j, metric.score)
+        out[idx] = np.asarray(values)[: len(idx)]
+        done += len(idx)
+        if progress is not None:
+            progress(done, n)
+
+    # Masks without a parent, sorted by first touched layer; each chunk resumes from the
+    # clean stream at its earliest mask's layer. A chunk that straddles two layers recomputes
+    # a few clean layers for some masks (same numbers up to rounding) instead of padding.
+    own = np.nonzero(parent_of < 0)[0]
+    own = own[np.argsort(first[own], kind="stable")]
+    for begin in range(0, len(own), chunk_size):
+        idx = own[begin:begin + chunk_size]
+        run(idx, int(first[idx[0]]), resid[:, int(first[idx[0]])])
+
+    # Masks with a parent: run a block of parents' trajectories once, then resume each child
+    # from its parent's stream at the child's last touched layer.
+    if parents is not None:
+        p_first = parents.first_layers(sae_layer)
+        per_parent = 8 * batch * resid[0].size * resid.dtype.itemsize
+        block = int(max(1, min(len(parents), _budget(memory_budget) // per_parent)))
+        p_order = np.argsort(p_first, kind="stable")
+        for begin in range(0, len(parents), block):
+            p_idx = p_order[begin:begin + block]
+            local = np.full(len(parents), -1, np.int64)
+            local[p_idx] = np.arange(len(p_idx))
+            traj = _run_trajectories(model, resid, jnp.int32(p_first[p_idx[0]]),
+                                     _pad(parents.materialize(p_idx), block), replacement)
+            kids = np.nonzero((parent_of >= 0) & (local[parent_of] >= 0))[0]
+            kids = kids[np.argsort(last[kids], kind="stable")]
+            for k in range(0, len(kids), chunk_size):
+                idx = kids[k:k + chunk_size]
+                start = int(last[idx[0]])
+                x0 = traj[jnp.asarray(local[parent_of[idx]]), :, start]
+                run(idx, start, _pad(x0, chunk_size, 0.0))
+    return out
 
 def clean_metric(model: GPT2, tokens: Any, metric: Metric) -> Float[np.ndarray, " batch"]:
     """The metric without ablation, per example: numpy `[batch]`.

@@ -81,18 +81,28 @@ class MaskSet:
         stacked = self.materialize([i])
         return Mask(**{k: getattr(stacked, k)[0] for k in self.kinds})
 
+    def entry_layers(self, kind: str, sae_layer: int | None = None) -> np.ndarray:
+        """The layer each entry of `kind` acts on (the SAE's layer for SAE features)."""
+        mask_id, index, _ = self.entries[kind]
+        if kind == "sae_features":
+            return np.full(len(mask_id), -1 if sae_layer is None else sae_layer, np.int64)
+        return index[:, 0]
+
+    def layer_span(self, sae_layer: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """For each mask, the first and the last layer it changes (n_layers, -1 if none)."""
+        first = np.full(len(self), self.cfg.n_layers, np.int64)
+        last = np.full(len(self), -1, np.int64)
+        for kind in self.kinds:
+            mask_id, _, weight = self.entries[kind]
+            touched = weight != 1.0
+            layer = self.entry_layers(kind, sae_layer)[touched]
+            np.minimum.at(first, mask_id[touched], layer)
+            np.maximum.at(last, mask_id[touched], layer)
+        return first, last
+
     def first_layers(self, sae_layer: int | None = None) -> np.ndarray:
         """For each mask, the first layer whose computation it changes (n_layers if none)."""
-        first = np.full(len(self), self.cfg.n_layers, np.int64)
-        for kind in self.kinds:
-            mask_id, index, weight = self.entries[kind]
-            touched = weight != 1.0
-            if kind == "sae_features":
-                layer = np.full(int(touched.sum()), sae_layer, np.int64)
-            else:
-                layer = index[touched, 0]
-            np.minimum.at(first, mask_id[touched], layer)
-        return first
+        return self.layer_span(sae_layer)[0]
 
     def components(self, i: int) -> list[tuple[Component, float]]:
         """The components mask i touches, with their keep-weights."""

@@ -108,10 +108,18 @@ class GPT2(eqx.Module):
         x: Float[Array, "seq d_model"],
         mask: Mask,
         replacement: Replacement,
-    ) -> tuple[Float[Array, "seq d_model"], dict[str, Array]]:
-        """One transformer block with its ablation points; returns the new stream and acts."""
+        queries: Int[Array, " k"] | None = None,
+    ) -> tuple[Float[Array, "rows d_model"], dict[str, Array]]:
+        """One transformer block with its ablation points; returns the new stream and acts.
+
+        With `queries`, only those rows of the output are computed (keys and values still
+        come from every position): the last layer needs no more than the rows read.
+        """
         p = jax.tree_util.tree_map(lambda a: a[layer], self.blocks)
         eps, seq = self.cfg.layer_norm_eps, x.shape[0]
+
+        def rows(a):  # the query rows of a per-position array (seq axis first, may be 1)
+            return a if queries is None or a.shape[0] == 1 else a[queries]
 
         # [1] residual stream entering this layer: SAE features, then whole positions.
         if mask.sae_features is not None and self.sae is not None:
@@ -129,28 +137,29 @@ class GPT2(eqx.Module):
         # Attention.
         h = _layer_norm(x, p.ln1_w, p.ln1_b, eps)
         qkv = self._mm("sd,dthe->sthe", h, p.W_qkv) + _f32(p.b_qkv)
-        q, k, v = qkv[:, 0], qkv[:, 1], qkv[:, 2]
+        q, k, v = rows(qkv[:, 0]), qkv[:, 1], qkv[:, 2]
         scores = self._mm("qhe,khe->hqk", q, k) / math.sqrt(self.cfg.d_head)
-        causal = jnp.tril(jnp.ones((seq, seq), bool))
+        causal = rows(jnp.tril(jnp.ones((seq, seq), bool)))
         pattern = jax.nn.softmax(jnp.where(causal[None], scores, -jnp.inf), axis=-1)
         z = self._mm("hqk,khe->qhe", pattern, v)
         # [2] each head's z, at all positions or at chosen ones.
         if mask.heads is not None:
-            z = _blend(z, mask.heads[layer][None, :, None], replacement.z[layer])
+            z = _blend(z, mask.heads[layer][None, :, None], rows(replacement.z[layer]))
         if mask.head_positions is not None:
-            z = _blend(z, mask.head_positions[layer][:, :, None], replacement.z[layer])
-        x = x + self._mm("she,hed->sd", z, p.W_O) + _f32(p.b_O)
+            z = _blend(z, rows(mask.head_positions[layer])[:, :, None],
+                       rows(replacement.z[layer]))
+        x = rows(x) + self._mm("she,hed->sd", z, p.W_O) + _f32(p.b_O)
 
         # MLP.
         h = _layer_norm(x, p.ln2_w, p.ln2_b, eps)
         post = jax.nn.gelu(self._mm("sd,dn->sn", h, p.W_in) + _f32(p.b_in), approximate=True)
         # [3] single neurons after the nonlinearity.
         if mask.neurons is not None:
-            post = _blend(post, mask.neurons[layer][None, :], replacement.post[layer])
+            post = _blend(post, mask.neurons[layer][None, :], rows(replacement.post[layer]))
         mlp_out = self._mm("sn,nd->sd", post, p.W_out) + _f32(p.b_out)
         # [4] the whole MLP's output.
         if mask.mlps is not None:
-            mlp_out = _blend(mlp_out, mask.mlps[layer], replacement.mlp_out[layer])
+            mlp_out = _blend(mlp_out, mask.mlps[layer], rows(replacement.mlp_out[layer]))
         x = x + mlp_out
 
         acts = {"resid_pre": resid_pre, "z": z, "post": post, "mlp_out": mlp_out,
@@ -203,8 +212,34 @@ class GPT2(eqx.Module):
         def step(layer, x):
             return self.block(layer, x, mask, replacement)[0]
 
-        x = jax.lax.fori_loop(start, self.cfg.n_layers, step, x)
-        return self.unembed(x[positions])
+        last = self.cfg.n_layers - 1
+        x = jax.lax.fori_loop(start, last, step, x)
+        read = jax.lax.cond(
+            start <= last,
+            lambda x: self.block(jnp.int32(last), x, mask, replacement, queries=positions)[0],
+            lambda x: x[positions],
+            x,
+        )
+        return self.unembed(read)
+
+    def trajectory(
+        self,
+        resid: Float[Array, "layer_plus_1 seq d_model"],
+        start: Int[Array, ""],
+        mask: Mask,
+        replacement: Replacement,
+    ) -> Float[Array, "layer_plus_1 seq d_model"]:
+        """The residual stream entering every layer (and the final one) under `mask`, given
+        the clean stream `resid`: rows up to `start` are kept, later rows are recomputed.
+
+        The sweep runs a shared "parent" ablation (head i of the pair i, j) once this way,
+        then resumes each child from the parent's stream at the child's last touched layer.
+        """
+
+        def step(layer, resid):
+            return resid.at[layer + 1].set(self.block(layer, resid[layer], mask, replacement)[0])
+
+        return jax.lax.fori_loop(start, self.cfg.n_layers, step, resid)
 
     def __call__(
         self,
