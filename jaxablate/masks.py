@@ -76,6 +76,31 @@ class MaskSet:
             fields[kind] = jnp.asarray(dense)
         return Mask(**fields)
 
+    def subset(self, idx: Sequence[int]) -> "MaskSet":
+        """The masks `idx` (in that order) as a new MaskSet with the same kinds.
+
+        Example:
+            >>> head_pairs(cfg).subset(range(0, 10296, 100)).names[:2]
+            ['0.0+0.1', '0.0+1.1']
+        """
+        idx = np.asarray(idx, np.int64).reshape(-1)
+        if len(idx) and (idx.min() < -len(self) or idx.max() >= len(self)):
+            raise ValueError(f"subset: index out of range for {len(self)} masks")
+        idx = idx % len(self)
+        where = np.full(len(self), -1, np.int64)
+        where[idx] = np.arange(len(idx))
+        if len(np.unique(idx)) != len(idx):
+            raise ValueError("subset: indices must be distinct")
+        entries = {}
+        for kind, (mask_id, index, weight) in self.entries.items():
+            rows = where[mask_id]
+            keep = rows >= 0
+            entries[kind] = (rows[keep], index[keep], weight[keep])
+        out = MaskSet(self.cfg, entries, [self.names[i] for i in idx], seq_len=self.seq_len,
+                      n_features=self.n_features)
+        out.kinds = self.kinds
+        return out
+
     def mask(self, i: int) -> Mask:
         """Mask i, unstacked (for `jaxablate.forward`)."""
         stacked = self.materialize([i])
