@@ -24,16 +24,13 @@ Two sweeps: every single head (`masks.single_heads`, 144 masks) and every pair o
 (`masks.head_pairs`, 10,296 masks). Loops 1 and 2 cost one full forward per mask whatever the
 mask, so they are timed on an evenly spaced sample (`--head-sample`, `--pair-sample`) and their
 time for the whole set is extrapolated in proportion (marked `*` in the table). jaxablate runs
-all 144 single heads; on pairs it runs an evenly spaced sample (`--jax-pair-sample`, rounded up
-to whole chunks of the chunk size it picks for the full set, so the sample runs the same
-compiled programs) unless `--full-pairs` is given, and is extrapolated in proportion too. The
-loops' samples are drawn, evenly spaced, from jaxablate's, so every mask they run is checked.
-
-jaxablate's cost per mask is not constant: it skips the clean prefix a mask leaves untouched and
-shares work between masks (a pair i, j across layers resumes from the stream head i alone leaves,
-computed once for all of i's pairs). That sharing grows with the set, so a small sample of pairs
-overstates jaxablate's time for all 10,296: an upper bound, the tighter the larger the sample.
-Use `--jax-pair-sample 2000` or `--full-pairs` for numbers to publish. Single heads are exact.
+all 144 single heads; on pairs it runs, unless `--full-pairs` is given, every pair (i, j) whose
+first head i is one of `--jax-pair-sample` evenly spaced heads (default 8 of 144: 616 pairs).
+Stratified by i, that sample weighs each i by its number of pairs as the full set does and keeps
+the work the sweep shares (a pair i, j across layers resumes from the stream head i alone
+leaves, computed once for all of i's pairs), so its rate extrapolates to all 10,296 (marked
+`*`). The loops' samples are drawn, evenly spaced, from jaxablate's, so every mask they run is
+checked.
 
 Correctness is checked in the same run: jaxablate's sweep values (and the naive loop's) must
 equal TransformerLens's on the masks both ran, max |diff| <= 1e-3 in float32 (a loud warning
@@ -62,7 +59,7 @@ machine (CPU model, cores, library versions, date), the settings, setup times an
 
 Usage:
     python benchmarks/bench_sweep.py                    # defaults: < 3 min on 2 CPU cores
-    python benchmarks/bench_sweep.py --head-sample 144 --pair-sample 150 --jax-pair-sample 2000
+    python benchmarks/bench_sweep.py --head-sample 0 --pair-sample 150 --jax-pair-sample 36
     python benchmarks/bench_sweep.py --full-pairs       # jaxablate on all 10,296 pairs
     python benchmarks/bench_sweep.py --quick            # 2-layer smoke test, < 1 min
 """
@@ -107,8 +104,8 @@ MATMUL_SHAPE = (2048, 768, 3072)  # [m, k] x [k, n]: one GPT-2-small MLP-in proj
 # measured costs there: a TL forward of 8 x 16 tokens ~0.4 s (the naive JAX loop is assumed
 # similar: same FLOPs), jaxablate's 144-head sweep ~20 s steady + ~15 s compile (it always runs
 # all 144, twice, so it alone takes ~55 s). Estimated default run: setup ~20 s, single heads
-# ~15 + ~12 + ~55 s, pairs ~5 + ~4 + ~26 s (one 73-mask chunk, twice): ~2.3 min.
-DEFAULTS = dict(head_sample=36, pair_sample=12, jax_pair_sample=64)
+# ~15 + ~12 + ~55 s, pairs ~5 + ~4 + ~2 x 30 s (616 pairs, twice): ~3 min.
+DEFAULTS = dict(head_sample=36, pair_sample=12, jax_pair_sample=8)
 QUICK_DEFAULTS = dict(head_sample=None, pair_sample=None, jax_pair_sample=None)  # None: all
 
 TOLERANCE = 1e-3
@@ -134,10 +131,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                         help="head pairs run by TL and the naive JAX loop, evenly spaced "
                              f"(default {DEFAULTS['pair_sample']}); 0 = all")
     parser.add_argument("--jax-pair-sample", type=int, default=None,
-                        help="head pairs run by jaxablate.sweep, evenly spaced, rounded up to "
-                             "whole chunks (default "
-                             f"{DEFAULTS['jax_pair_sample']}: one chunk); 0 = all. Small "
-                             "samples overstate its time; use ~2000 for published numbers")
+                        help="jaxablate.sweep runs every pair whose first head is one of this "
+                             "many evenly spaced heads (default "
+                             f"{DEFAULTS['jax_pair_sample']}); 0 = all")
     parser.add_argument("--full-pairs", action="store_true",
                         help="jaxablate.sweep runs all 10,296 pairs (twice: compile + steady)")
     parser.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32",
@@ -551,7 +547,7 @@ def run_sweep(name: str, mask_set: jaxablate.MaskSet, loop_idx: np.ndarray,
     print(f"  jaxablate.sweep: {sweep_s:.1f} s (+ compile {sweep_compile:.1f} s)", flush=True)
 
     # Extrapolation in proportion to the masks run: exact for the loops (one full forward
-    # per mask), an upper bound for the sweep (see the module docstring).
+    # per mask); for the sweep, its pair sample is stratified by first head (pair_samples).
     loop_scale = n_total / len(loop_idx)
     sweep_scale = n_total / len(jax_idx)
     rows = [
@@ -589,6 +585,22 @@ def nested_samples(n_total: int, loop_k: int, jax_k: int | None, chunk_of) -> tu
         # the programs compiled for that chunk size, as the full set would.
         chunk = chunk_of(n_total)
         jax_idx = evenly_spaced(n_total, min(n_total, math.ceil(jax_k / chunk) * chunk))
+    loop_idx = jax_idx[evenly_spaced(len(jax_idx), loop_k)]
+    return loop_idx, jax_idx
+
+
+def pair_samples(pairs, loop_k: int, first_heads: int | None) -> tuple:
+    """jaxablate's pair sample: every pair (i, j) whose first head i is one of `first_heads`
+    evenly spaced heads. Stratified by i, it weighs each i by its number of pairs, as the full
+    set does, and keeps the sharing the sweep exploits (all pairs of i share i's prefix), so
+    its rate extrapolates to the full set. The loops' sample is drawn evenly from it."""
+    first = np.array([name.split("+")[0] for name in pairs.names])
+    heads = list(dict.fromkeys(first))
+    if first_heads is None or first_heads == 0 or first_heads >= len(heads):
+        jax_idx = np.arange(len(pairs))
+    else:
+        chosen = {heads[i] for i in evenly_spaced(len(heads), first_heads)}
+        jax_idx = np.nonzero(np.isin(first, list(chosen)))[0]
     loop_idx = jax_idx[evenly_spaced(len(jax_idx), loop_k)]
     return loop_idx, jax_idx
 
@@ -646,8 +658,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     head_loop_idx, head_jax_idx = nested_samples(len(heads), args.head_sample, None, chunk_of)
     pairs = masks.head_pairs(cfg)
     jax_pair_k = None if args.full_pairs else args.jax_pair_sample
-    pair_loop_idx, pair_jax_idx = nested_samples(len(pairs), args.pair_sample, jax_pair_k,
-                                                 chunk_of)
+    pair_loop_idx, pair_jax_idx = pair_samples(pairs, args.pair_sample, jax_pair_k)
     covered = np.unique(pairs.first_layers()[pair_jax_idx])
     print(f"pair sample: first layers covered {covered.min()}..{covered.max()} "
           f"({len(covered)} of {cfg.n_layers})")
@@ -664,8 +675,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     print("\n" + markdown_table(rows))
     print(f"\n{batch} prompts x {SEQ_LEN} tokens, mean ablation of head z, logit diff at the "
           f"last position; jaxablate {args.dtype}, TransformerLens float32. * extrapolated "
-          "in proportion from the masks run (exact for the loops; an upper bound for "
-          "jaxablate.sweep, whose work sharing grows with the set). efficiency = minimal "
+          "in proportion from the masks run (jaxablate's pair sample: all pairs of evenly "
+          "spaced first heads). efficiency = minimal "
           f"forward FLOPs / time / measured matmul rate ({gflops:.0f} GFLOP/s).")
     if all(c[k]["ok"] for c in checks.values() for k in ("sweep_vs_tl", "naive_vs_tl")):
         print("correctness: jaxablate.sweep and the naive JAX loop equal TransformerLens "
