@@ -47,6 +47,9 @@ def as_mask_set(masks: Any, model: GPT2, seq_len: int) -> MaskSet:
     if masks.seq_len is not None and masks.seq_len != seq_len:
         raise ValueError(f"masks were built for sequence length {masks.seq_len}, the prompts "
                          f"have length {seq_len}")
+    if "sae_features" in masks.kinds and n_features is None:
+        raise ValueError("masks ablate SAE features but the model has no SAE; attach one with "
+                         "jaxablate.attach_sae")
     if "sae_features" in masks.kinds and masks.n_features != n_features:
         raise ValueError(f"masks ablate {masks.n_features} SAE features, the model's SAE has "
                          f"{n_features}")
@@ -96,7 +99,8 @@ def _clean_pass(model, tokens, positions):
 
 
 @eqx.filter_jit
-def _run_chunk(model, x0, start, masks, replacement, tokens, positions, clean, data, score):
+def _run_chunk(model, x0, start, masks, replacement, tokens, positions, clean, data, score,
+               n_masks):
     """Metric [chunk, batch] of a chunk of masks resumed at layer `start` from `x0`.
 
     x0 is the stream entering `start`: [batch, seq, d] shared by the chunk (the clean one),
@@ -108,7 +112,8 @@ def _run_chunk(model, x0, start, masks, replacement, tokens, positions, clean, d
     r_axis = 0 if replacement is not None and replacement.per_example else None
     per_example = jax.vmap(one, in_axes=(None, 0, r_axis, 0, 0, 0, 0))
     x_axis = 0 if x0.ndim == 4 else None
-    return jax.vmap(per_example, in_axes=(0, x_axis) + (None,) * 5)(
+    # axis_size: a chunk of clean masks only is a Mask with no fields (nothing to map over).
+    return jax.vmap(per_example, in_axes=(0, x_axis) + (None,) * 5, axis_size=n_masks)(
         masks, x0, replacement, tokens, positions, clean, data)
 
 
@@ -233,7 +238,7 @@ def sweep(
         nonlocal done
         chunk = _pad(mask_set.materialize(idx), chunk_size)
         values = _run_chunk(model, x0, jnp.int32(start), chunk, replacement, tokens_j,
-                            positions_j, clean, data_j, metric.score)
+                            positions_j, clean, data_j, metric.score, chunk_size)
         out[idx] = np.asarray(values)[: len(idx)]
         done += len(idx)
         if progress is not None:
@@ -253,7 +258,8 @@ def sweep(
     if parents is not None:
         p_first = parents.first_layers(sae_layer)
         per_parent = 8 * batch * resid[0].size * resid.dtype.itemsize
-        block = int(max(1, min(len(parents), _budget(memory_budget) // per_parent)))
+        # A fixed block shape (padded), whatever the number of parents: no recompilation.
+        block = int(max(1, min(chunk_size, _budget(memory_budget) // per_parent)))
         p_order = np.argsort(p_first, kind="stable")
         for begin in range(0, len(parents), block):
             p_idx = p_order[begin:begin + block]

@@ -48,6 +48,11 @@ class MaskSet:
     ):
         # entries[kind] = (mask_id [E], index [E, ndim], keep-weight [E])
         self.cfg, self.seq_len, self.n_features = cfg, seq_len, n_features
+        for kind, (_, _, weight) in entries.items():
+            bad = ~((weight >= 0.0) & (weight <= 1.0))  # NaN fails both comparisons
+            if bad.any():
+                raise ValueError(f"keep-weight must lie in [0, 1], got {weight[bad][0]} "
+                                 f"({kind})")
         self.entries = entries
         self.kinds = tuple(k for k in KINDS if k in entries)
         self.names = list(names)
@@ -60,7 +65,7 @@ class MaskSet:
     def __repr__(self) -> str:
         return f"MaskSet(n={len(self)}, kinds={self.kinds}, first={self.names[:3]})"
 
-    def materialize(self, idx: Sequence[int]) -> Mask:
+    def materialize(self, idx: Sequence[int] | np.ndarray) -> Mask:
         """Dense stacked `Mask` for masks `idx` (float32, leading axis len(idx))."""
         idx = np.asarray(idx, np.int64)
         where = np.full(len(self), -1, np.int64)

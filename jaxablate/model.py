@@ -102,6 +102,35 @@ class GPT2(eqx.Module):
         h = _layer_norm(x, self.lnf_w, self.lnf_b, self.cfg.layer_norm_eps)
         return self._mm("kd,vd->kv", h, self.wte)
 
+    def enter(
+        self,
+        layer: Int[Array, ""],
+        x: Float[Array, "seq d_model"],
+        mask: Mask,
+        replacement: Replacement,
+    ) -> Float[Array, "seq d_model"]:
+        """[1] The residual stream entering `layer` (n_layers: the final one, untouched):
+        SAE features, then whole positions.
+
+        Callers apply it to the loop carry (to the embedding, or at the end of the previous
+        layer's step), never inside the block: there XLA would fuse the blend into the
+        block's LayerNorm reductions and round differently from the clean program, so a
+        keep-all mask would not reproduce the clean logits bit for bit.
+        """
+        if mask.sae_features is not None and self.sae is not None:
+            sae = self.sae
+            x = jax.lax.cond(
+                layer == sae.layer,
+                lambda x: sae.ablate(x, mask.sae_features, replacement.sae_features),
+                lambda x: x,
+                x,
+            )
+        if mask.positions is not None:
+            inside = jnp.minimum(layer, self.cfg.n_layers - 1)
+            keep = jnp.where(layer < self.cfg.n_layers, mask.positions[inside], 1.0)
+            x = _blend(x, keep[:, None], replacement.resid[inside])
+        return x
+
     def block(
         self,
         layer: Int[Array, ""],
@@ -110,7 +139,9 @@ class GPT2(eqx.Module):
         replacement: Replacement,
         queries: Int[Array, " k"] | None = None,
     ) -> tuple[Float[Array, "rows d_model"], dict[str, Array]]:
-        """One transformer block with its ablation points; returns the new stream and acts.
+        """One transformer block with ablation points [2]-[4]; returns the new stream and acts.
+
+        `x` is the stream entering the layer with point [1] already applied (`enter`).
 
         With `queries`, only those rows of the output are computed (keys and values still
         come from every position): the last layer needs no more than the rows read.
@@ -121,17 +152,6 @@ class GPT2(eqx.Module):
         def rows(a):  # the query rows of a per-position array (seq axis first, may be 1)
             return a if queries is None or a.shape[0] == 1 else a[queries]
 
-        # [1] residual stream entering this layer: SAE features, then whole positions.
-        if mask.sae_features is not None and self.sae is not None:
-            sae = self.sae
-            x = jax.lax.cond(
-                layer == sae.layer,
-                lambda x: sae.ablate(x, mask.sae_features, replacement.sae_features),
-                lambda x: x,
-                x,
-            )
-        if mask.positions is not None:
-            x = _blend(x, mask.positions[layer][:, None], replacement.resid[layer])
         resid_pre = x
 
         # Attention.
@@ -187,9 +207,10 @@ class GPT2(eqx.Module):
 
         def step(x, layer):
             x, acts = self.block(layer, x, mask, replacement)
-            return x, {name: acts[name] for name in collect}
+            return self.enter(layer + 1, x, mask, replacement), {n: acts[n] for n in collect}
 
-        x, acts = jax.lax.scan(step, self.embed(tokens), jnp.arange(self.cfg.n_layers))
+        x = self.enter(jnp.int32(0), self.embed(tokens), mask, replacement)
+        x, acts = jax.lax.scan(step, x, jnp.arange(self.cfg.n_layers))
         if "resid_pre" in collect:
             acts["resid_pre"] = jnp.concatenate([acts["resid_pre"], x[None]], axis=0)
         return self.unembed(x if positions is None else x[positions]), acts
@@ -210,9 +231,11 @@ class GPT2(eqx.Module):
         """
 
         def step(layer, x):
-            return self.block(layer, x, mask, replacement)[0]
+            return self.enter(layer + 1, self.block(layer, x, mask, replacement)[0], mask,
+                              replacement)
 
         last = self.cfg.n_layers - 1
+        x = self.enter(start, x, mask, replacement)
         x = jax.lax.fori_loop(start, last, step, x)
         read = jax.lax.cond(
             start <= last,
@@ -237,7 +260,8 @@ class GPT2(eqx.Module):
         """
 
         def step(layer, resid):
-            return resid.at[layer + 1].set(self.block(layer, resid[layer], mask, replacement)[0])
+            x = self.enter(layer, resid[layer], mask, replacement)
+            return resid.at[layer + 1].set(self.block(layer, x, mask, replacement)[0])
 
         return jax.lax.fori_loop(start, self.cfg.n_layers, step, resid)
 

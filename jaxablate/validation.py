@@ -78,7 +78,7 @@ def check_positions(positions: Any, batch: int, seq: int, what: str = "positions
 def check_mask(
     mask: Any,
     cfg: GPT2Config,
-    seq_len: int,
+    seq_len: int | None,
     *,
     stacked: bool,
     n_features: int | None,
