@@ -76,7 +76,6 @@ import platform
 import subprocess
 import sys
 import time
-import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -89,6 +88,7 @@ import transformers
 import jaxablate
 from jaxablate import masks, metrics
 from jaxablate.engine import default_chunk_size
+from jaxablate.reference import tl_from_hf
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 RESULTS_DIR = REPO_ROOT / "benchmarks" / "results"
@@ -245,51 +245,6 @@ def make_hf_model(dims: dict, seed: int) -> transformers.GPT2LMHeadModel:
             if name.endswith(".bias") or ".ln_" in name:
                 param.add_(0.1 * torch.randn(param.shape, generator=generator))
     return model
-
-
-def tl_from_hf(hf_model):
-    """A TransformerLens 3.x `HookedTransformer` with `hf_model`'s weights, built offline.
-
-    A copy of tests/conftest.py's `tl_from_hf` (tests/ is not a package): config by hand, then
-    `convert_gpt2_weights` and `load_and_process_state_dict` with every folding and centring
-    off. fold_value_biases=False is the convention under which ablating z matches jaxablate.
-    """
-    from transformer_lens import HookedTransformer, HookedTransformerConfig
-    from transformer_lens.pretrained.weight_conversions import convert_gpt2_weights
-
-    c = hf_model.config
-    cfg = HookedTransformerConfig(
-        n_layers=c.n_layer,
-        d_model=c.n_embd,
-        n_heads=c.n_head,
-        d_head=c.n_embd // c.n_head,
-        d_mlp=c.n_inner or 4 * c.n_embd,
-        d_vocab=c.vocab_size,
-        n_ctx=c.n_positions,
-        eps=c.layer_norm_epsilon,
-        act_fn="gelu_new",
-        normalization_type="LN",
-        original_architecture="GPT2LMHeadModel",
-        positional_embedding_type="standard",
-        attn_only=False,
-        default_prepend_bos=False,
-        device="cpu",
-        dtype=hf_model.dtype,
-    )
-    with warnings.catch_warnings():
-        # TL 3.x announces HookedTransformer's removal in 4.0; we pin <4.
-        warnings.filterwarnings("ignore", message="HookedTransformer is deprecated",
-                                category=DeprecationWarning)
-        model = HookedTransformer(cfg)
-    state_dict = convert_gpt2_weights(hf_model, cfg)
-    model.load_and_process_state_dict(
-        state_dict,
-        fold_ln=False,
-        center_writing_weights=False,
-        center_unembed=False,
-        fold_value_biases=False,
-    )
-    return model.eval()
 
 
 def make_prompts(vocab: int, batch: int, seed: int) -> dict[str, np.ndarray]:
