@@ -88,7 +88,7 @@ import transformers
 import jaxablate
 from jaxablate import masks, metrics
 from jaxablate.engine import default_chunk_size
-from jaxablate.reference import tl_from_hf
+from jaxablate.reference import random_hf_model, tl_from_hf
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 RESULTS_DIR = REPO_ROOT / "benchmarks" / "results"
@@ -237,14 +237,7 @@ def make_hf_model(dims: dict, seed: int) -> transformers.GPT2LMHeadModel:
     config = transformers.GPT2Config(**dims, resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0,
                                      bos_token_id=0, eos_token_id=0)
     config._attn_implementation = "eager"  # sdpa drifts by ~1e-3 (REFERENCE.md)
-    torch.manual_seed(seed)
-    model = transformers.GPT2LMHeadModel(config).eval()
-    generator = torch.Generator().manual_seed(seed + 1)
-    with torch.no_grad():
-        for name, param in model.named_parameters():
-            if name.endswith(".bias") or ".ln_" in name:
-                param.add_(0.1 * torch.randn(param.shape, generator=generator))
-    return model
+    return random_hf_model(config, seed, noise=0.1)
 
 
 def make_prompts(vocab: int, batch: int, seed: int) -> dict[str, np.ndarray]:

@@ -8,6 +8,27 @@ import warnings
 from typing import Any
 
 
+def random_hf_model(config: Any, seed: int = 0, noise: float = 0.1) -> Any:
+    """A seeded random `transformers.GPT2LMHeadModel` in eval mode whose biases and LayerNorm
+    parameters (zero / one after HF's init) get N(0, noise) added, so that a dropped or
+    swapped bias changes the numbers and comparisons against it mean something.
+
+    Example:
+        >>> hf = random_hf_model(transformers.GPT2Config(n_layer=2, n_head=4, n_embd=32))
+    """
+    import torch
+    import transformers
+
+    torch.manual_seed(seed)
+    model = transformers.GPT2LMHeadModel(config).eval()
+    generator = torch.Generator().manual_seed(seed + 1)
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if name.endswith(".bias") or ".ln_" in name:
+                param.add_(noise * torch.randn(param.shape, generator=generator))
+    return model
+
+
 def tl_from_hf(hf_model: Any) -> Any:
     """A TransformerLens 3.x `HookedTransformer` with `hf_model`'s weights, built offline.
 

@@ -15,7 +15,9 @@ from pathlib import Path
 import jax
 import pytest
 
-from jaxablate.reference import tl_from_hf  # noqa: F401  (fixtures and test modules use it)
+# Test modules import these from conftest; they live in the package so the benchmark shares them.
+from jaxablate.reference import random_hf_model as make_hf_model  # noqa: F401
+from jaxablate.reference import tl_from_hf  # noqa: F401
 
 jax.config.update("jax_numpy_rank_promotion", "raise")
 jax.config.update("jax_numpy_dtype_promotion", "strict")
@@ -48,21 +50,6 @@ def tiny_hf_config(**overrides):
     config = transformers.GPT2Config(**kwargs)
     config._attn_implementation = "eager"  # transformers 5: sdpa drifts by ~1e-3
     return config
-
-
-def make_hf_model(config, seed: int = 0, noise: float = 0.1):
-    """A seeded random `GPT2LMHeadModel` in eval mode, with randomised biases and LN params."""
-    import torch
-    import transformers
-
-    torch.manual_seed(seed)
-    model = transformers.GPT2LMHeadModel(config).eval()
-    generator = torch.Generator().manual_seed(seed + 1)
-    with torch.no_grad():
-        for name, param in model.named_parameters():
-            if name.endswith(".bias") or ".ln_" in name:
-                param.add_(noise * torch.randn(param.shape, generator=generator))
-    return model
 
 
 
