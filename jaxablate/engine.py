@@ -6,12 +6,15 @@ How it stays fast:
     is computed once, not once per mask);
   * the start layer is data, and chunks have one fixed shape (the last is padded with
     keep-all masks), so a single program is compiled and reused for every group and chunk;
-  * logits are computed only at the positions the metric reads;
-  * the chunk size follows a memory budget: peak memory grows with the chunk, not with N.
+  * logits are computed only at the positions the metric reads, and only for the token ids
+    it reads when it declares them (a logit difference: two columns of the unembedding);
+  * the chunk size is the one of least estimated cost (`schedule.py`) within a memory budget:
+    peak memory grows with the chunk, not with N.
 """
 
 from __future__ import annotations
 
+import numbers
 from collections.abc import Callable
 from typing import Any
 
@@ -22,15 +25,17 @@ import numpy as np
 from jaxtyping import Float
 
 from jaxablate import masks as masks_lib
-from jaxablate.forward import run_with_cache, validate_call
+from jaxablate.forward import validate_call
 from jaxablate.mask import Mask
 from jaxablate.masks import MaskSet
-from jaxablate.metrics import Metric
+from jaxablate.metrics import Metric, vocab_columns
 from jaxablate.model import GPT2
 from jaxablate.replacement import Replacement
+from jaxablate.schedule import plan_chunk_size
 from jaxablate.validation import check_replacement
 
 DEFAULT_CPU_BUDGET = 1 << 30  # bytes of live activations per chunk on CPU
+PARENT_BLOCK = 16  # parents' trajectories per compiled call, at most
 
 
 def as_mask_set(masks: Any, model: GPT2, seq_len: int) -> MaskSet:
@@ -89,43 +94,53 @@ def _budget(memory_budget: int | None) -> int:
 
 
 @eqx.filter_jit
-def _clean_pass(model, tokens, positions):
-    """Residual stream entering every layer [batch, layer+1, seq, d] and clean logits at k."""
-    def one(tokens, positions):
-        logits, acts = model.run(tokens, positions=positions, collect=("resid_pre",))
-        return acts["resid_pre"], logits
+def _clean_pass(model, tokens, positions, columns):
+    """The clean cache and logits: the residual stream entering every layer
+    [batch, layer+1, seq, d], the stream after each layer's attention [batch, layer, seq, d],
+    each layer's z [batch, layer, seq, head, d_head], and the logits at the metric's
+    positions [batch, k, n] (n: the vocabulary, or the metric's columns)."""
+    def one(tokens, positions, columns):
+        _, acts = model.run(tokens, collect=("resid_pre", "resid_mid", "z"))
+        resid = acts["resid_pre"]
+        logits = model.unembed(resid[-1][positions], columns)
+        return resid, (acts["resid_mid"], acts["z"]), logits
 
-    return jax.vmap(one)(tokens, positions)
+    return jax.vmap(one)(tokens, positions, columns)
 
 
 @eqx.filter_jit
-def _run_chunk(model, x0, start, masks, replacement, tokens, positions, clean, data, score,
-               n_masks):
+def _run_chunk(model, x0, attended, start, masks, replacement, tokens, positions, columns,
+               clean, data, score, n_masks):
     """Metric [chunk, batch] of a chunk of masks resumed at layer `start` from `x0`.
 
     x0 is the stream entering `start`: [batch, seq, d] shared by the chunk (the clean one),
     or [chunk, batch, seq, d], one per mask (each resumed from its parent's stream).
+    attended: None, or the unablated (resid_mid, z) of layer `start` with x0's leading axes:
+    the layer's attention is then reused, not recomputed.
     """
-    def one(mask, x, repl, tok, pos, cl, d):
-        return score(model.resume(x, start, mask, repl, pos), tok, cl, d)
+    def one(mask, x, att, repl, tok, pos, cols, cl, d):
+        return score(model.resume(x, start, mask, repl, pos, cols, att), tok, cl, d)
 
     r_axis = 0 if replacement is not None and replacement.per_example else None
-    per_example = jax.vmap(one, in_axes=(None, 0, r_axis, 0, 0, 0, 0))
+    per_example = jax.vmap(one, in_axes=(None, 0, 0, r_axis, 0, 0, 0, 0, 0))
     x_axis = 0 if x0.ndim == 4 else None
     # axis_size: a chunk of clean masks only is a Mask with no fields (nothing to map over).
-    return jax.vmap(per_example, in_axes=(0, x_axis) + (None,) * 5, axis_size=n_masks)(
-        masks, x0, replacement, tokens, positions, clean, data)
+    return jax.vmap(per_example, in_axes=(0, x_axis, x_axis) + (None,) * 6,
+                    axis_size=n_masks)(masks, x0, attended, replacement, tokens, positions,
+                                       columns, clean, data)
 
 
 @eqx.filter_jit
-def _run_trajectories(model, resid, start, masks, replacement):
-    """Residual stream entering every layer under each mask: [chunk, batch, layer+1, seq, d]."""
-    def one(mask, r, repl):
-        return model.trajectory(r, start, mask, repl)
+def _run_trajectories(model, resid, attended, start, masks, replacement):
+    """Residual stream entering every layer under each mask: [chunk, batch, layer+1, seq, d];
+    with `attended` (the clean resid_mid and z), also those under each mask."""
+    def one(mask, r, att, repl):
+        return model.trajectory(r, start, mask, repl, att)
 
     r_axis = 0 if replacement is not None and replacement.per_example else None
-    per_example = jax.vmap(one, in_axes=(None, 0, r_axis))
-    return jax.vmap(per_example, in_axes=(0, None, None))(masks, resid, replacement)
+    per_example = jax.vmap(one, in_axes=(None, 0, 0, r_axis))
+    return jax.vmap(per_example, in_axes=(0, None, None, None))(masks, resid, attended,
+                                                                 replacement)
 
 
 def _pad(tree: Any, size: int, fill: float = 1.0) -> Any:
@@ -187,7 +202,7 @@ def sweep(
     masks: MaskSet | Mask,
     replacement: Replacement | None,
     metric: Metric,
-    chunk_size: int | None = None,
+    chunk_size: int | np.integer | None = None,
     *,
     progress: Callable[[int, int], None] | None = None,
     reuse_prefix: bool = True,
@@ -197,8 +212,8 @@ def sweep(
 
     tokens: int [batch, seq]. masks: a `MaskSet` from `jaxablate.masks` (or a dense stacked
     `Mask` with leading axis N). replacement: from zero/mean/resample_replacement. metric:
-    from `jaxablate.metrics`. chunk_size: masks per compiled call (default: from
-    `memory_budget` bytes). progress(done, total) is called after every chunk.
+    from `jaxablate.metrics`. chunk_size: masks per compiled call (default: the size
+    of least estimated cost that fits `memory_budget` bytes, see `jaxablate.schedule`). progress(done, total) is called after every chunk.
     reuse_prefix=False runs every mask from layer 0 (slower; same numbers up to rounding).
 
     Example:
@@ -216,64 +231,97 @@ def sweep(
     check_replacement(replacement, mask_set.kinds, model.cfg, seq, batch, n_features)
     positions, data = metric.prepare(tokens, model.cfg)
     n = len(mask_set)
-    if chunk_size is None:
-        chunk_size = default_chunk_size(model, batch, seq, positions.shape[1], n, memory_budget)
-    if not isinstance(chunk_size, int) or chunk_size < 1:
+    if chunk_size is not None and (isinstance(chunk_size, bool)
+                                   or not isinstance(chunk_size, numbers.Integral)
+                                   or chunk_size < 1):
         raise ValueError(f"chunk_size must be a positive int, got {chunk_size!r}")
-    chunk_size = min(chunk_size, n)
-
-    tokens_j, positions_j = jnp.asarray(tokens), jnp.asarray(positions)
-    data_j = {k: jnp.asarray(v) for k, v in data.items()}
-    resid, clean = _clean_pass(model, tokens_j, positions_j)
+    budget = _budget(memory_budget)
     sae_layer = None if model.sae is None else model.sae.layer
     first, last = mask_set.layer_span(sae_layer)
     if not reuse_prefix:
         first[:] = 0
     parents, parent_of = (_parents(mask_set, first, last, sae_layer) if reuse_prefix
                           else (None, np.full(n, -1, np.int64)))
+
+    # The schedule, on the host. Masks without a parent, sorted by first touched layer: each
+    # chunk resumes from the clean stream at its earliest mask's layer (a chunk that straddles
+    # two layers recomputes a few clean layers for some masks: same numbers up to rounding).
+    own = np.nonzero(parent_of < 0)[0]
+    own = own[np.argsort(first[own], kind="stable")]
+    # Masks with a parent: blocks of parents' trajectories run once each, then every child
+    # resumes from its parent's stream at the child's last touched layer.
+    blocks: list[tuple[np.ndarray, np.ndarray]] = []  # (parents, their children by layer)
+    block = 1
+    if parents is not None:
+        p_first = parents.first_layers(sae_layer)
+        # Streams entering and leaving attention, and z, per layer; x4 for the loop's copies.
+        per_parent = 4 * 3 * batch * (model.cfg.n_layers + 1) * seq * model.cfg.d_model * 4
+        # One fixed block shape (padded), whatever the number of parents: no recompilation.
+        # Padding costs at most PARENT_BLOCK - 1 runs, small against the children (parents
+        # are only used when shared by two children each or more).
+        block = int(max(1, min(PARENT_BLOCK, budget // per_parent)))
+        p_order = np.argsort(p_first, kind="stable")
+        for begin in range(0, len(parents), block):
+            p_idx = p_order[begin:begin + block]
+            kids = np.nonzero(np.isin(parent_of, p_idx))[0]
+            blocks.append((p_idx, kids[np.argsort(last[kids], kind="stable")]))
+    if chunk_size is None:
+        n_read = positions.shape[1]
+        max_chunk = default_chunk_size(model, batch, seq, n_read, n, memory_budget)
+        groups = [first[own]] + [last[kids] for _, kids in blocks]
+        n_columns = len(metric.columns) if metric.columns else None
+        chunk_size = plan_chunk_size(groups, model.cfg, batch * seq, n_read, seq, max_chunk,
+                                     n_columns)
+    chunk_size = min(int(chunk_size), n)
+
+    columns, data = vocab_columns(metric, data)
+    tokens_j, positions_j = jnp.asarray(tokens), jnp.asarray(positions)
+    columns_j = None if columns is None else jnp.asarray(columns)
+    data_j = {k: jnp.asarray(v) for k, v in data.items()}
+    resid, attended, clean = _clean_pass(model, tokens_j, positions_j, columns_j)
+    # A mask set that never changes the stream entering a layer (no positions, no SAE
+    # features) reuses the clean attention of the layer it resumes at: only the ablated
+    # heads' z change there, by a delta through W_O.
+    if not reuse_prefix or {"positions", "sae_features"} & set(mask_set.kinds):
+        attended = None
     out = np.empty((n, batch), np.float32)
     done = 0
+    top = model.cfg.n_layers - 1
 
-    def run(idx: np.ndarray, start: int, x0: jax.Array) -> None:
+    def run(idx: np.ndarray, start: int, x0: jax.Array, att: Any) -> None:
         nonlocal done
         chunk = _pad(mask_set.materialize(idx), chunk_size)
-        values = _run_chunk(model, x0, jnp.int32(start), chunk, replacement, tokens_j,
-                            positions_j, clean, data_j, metric.score, chunk_size)
+        values = _run_chunk(model, x0, att, jnp.int32(start), chunk, replacement, tokens_j,
+                            positions_j, columns_j, clean, data_j, metric.score, chunk_size)
         out[idx] = np.asarray(values)[: len(idx)]
         done += len(idx)
         if progress is not None:
             progress(done, n)
 
-    # Masks without a parent, sorted by first touched layer; each chunk resumes from the
-    # clean stream at its earliest mask's layer. A chunk that straddles two layers recomputes
-    # a few clean layers for some masks (same numbers up to rounding) instead of padding.
-    own = np.nonzero(parent_of < 0)[0]
-    own = own[np.argsort(first[own], kind="stable")]
+    def at_layer(tree: Any, layer: int, rows: Any = None) -> Any:
+        # Layer `layer` of [batch, layer, ...] (or of [parent, batch, layer, ...] at `rows`),
+        # clamped: clean masks start past the last layer and read nothing there.
+        layer = min(layer, top)
+        return jax.tree_util.tree_map(
+            lambda a: a[:, layer] if rows is None else a[rows, :, layer], tree)
+
     for begin in range(0, len(own), chunk_size):
         idx = own[begin:begin + chunk_size]
-        run(idx, int(first[idx[0]]), resid[:, int(first[idx[0]])])
-
-    # Masks with a parent: run a block of parents' trajectories once, then resume each child
-    # from its parent's stream at the child's last touched layer.
-    if parents is not None:
-        p_first = parents.first_layers(sae_layer)
-        per_parent = 8 * batch * resid[0].size * resid.dtype.itemsize
-        # A fixed block shape (padded), whatever the number of parents: no recompilation.
-        block = int(max(1, min(chunk_size, _budget(memory_budget) // per_parent)))
-        p_order = np.argsort(p_first, kind="stable")
-        for begin in range(0, len(parents), block):
-            p_idx = p_order[begin:begin + block]
-            local = np.full(len(parents), -1, np.int64)
-            local[p_idx] = np.arange(len(p_idx))
-            traj = _run_trajectories(model, resid, jnp.int32(p_first[p_idx[0]]),
-                                     _pad(parents.materialize(p_idx), block), replacement)
-            kids = np.nonzero((parent_of >= 0) & (local[parent_of] >= 0))[0]
-            kids = kids[np.argsort(last[kids], kind="stable")]
-            for k in range(0, len(kids), chunk_size):
-                idx = kids[k:k + chunk_size]
-                start = int(last[idx[0]])
-                x0 = traj[jnp.asarray(local[parent_of[idx]]), :, start]
-                run(idx, start, _pad(x0, chunk_size, 0.0))
+        start = int(first[idx[0]])
+        run(idx, start, resid[:, start], at_layer(attended, start))
+    for p_idx, kids in blocks:
+        local = np.full(len(parents), -1, np.int64)
+        local[p_idx] = np.arange(len(p_idx))
+        traj = _run_trajectories(model, resid, attended, jnp.int32(p_first[p_idx[0]]),
+                                 _pad(parents.materialize(p_idx), block), replacement)
+        traj_resid, traj_att = traj if attended is not None else (traj, None)
+        for k in range(0, len(kids), chunk_size):
+            idx = kids[k:k + chunk_size]
+            start = int(last[idx[0]])
+            rows = jnp.asarray(local[parent_of[idx]])
+            x0 = traj_resid[rows, :, start]
+            att = None if traj_att is None else at_layer(traj_att, start, rows)
+            run(idx, start, _pad(x0, chunk_size, 0.0), _pad(att, chunk_size, 0.0))
     return out
 
 def clean_metric(model: GPT2, tokens: Any, metric: Metric) -> Float[np.ndarray, " batch"]:
@@ -284,7 +332,10 @@ def clean_metric(model: GPT2, tokens: Any, metric: Metric) -> Float[np.ndarray, 
     """
     tokens = validate_call(model, tokens, None, None)
     positions, data = metric.prepare(tokens, model.cfg)
-    logits, _ = run_with_cache(model, tokens, names=(), positions=positions)
+    columns, data = vocab_columns(metric, data)
+    # The sweep's own clean pass: the same unembedding (columns included) as every mask's.
+    _, _, logits = _clean_pass(model, jnp.asarray(tokens), jnp.asarray(positions),
+                               None if columns is None else jnp.asarray(columns))
     score = jax.vmap(metric.score)
     return np.asarray(score(logits, jnp.asarray(tokens), logits,
                             {k: jnp.asarray(v) for k, v in data.items()}))

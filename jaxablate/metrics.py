@@ -3,7 +3,8 @@
 A metric is prepared once on the host against the evaluated tokens (`prepare` checks ids and
 positions and returns `[batch, k]` positions plus per-example arrays), then scored per example
 inside the compiled sweep by a pure function of the logits at those positions only, so the
-unembedding runs at `k` positions instead of all `seq`.
+unembedding runs at `k` positions instead of all `seq`; a metric that reads a few token ids
+(a logit difference) declares them, and only those vocabulary columns are unembedded.
 
 `sweep` returns the metric, not the effect: effect = metric(clean) - metric(ablated).
 """
@@ -21,7 +22,8 @@ from jaxtyping import Array, Float
 from jaxablate.config import GPT2Config
 from jaxablate.validation import check_positions
 
-# score(logits [k, vocab], tokens [seq], clean_logits [k, vocab], data) -> scalar
+# score(logits [k, n], tokens [seq], clean_logits [k, n], data) -> scalar, where n is the
+# vocabulary or the metric's declared columns
 Score = Callable[..., Float[Array, ""]]
 
 
@@ -43,6 +45,9 @@ class Metric:
 
     name = "metric"
     reads_clean = False  # whether score needs the clean logits (kl_to_clean)
+    # Keys of `data` holding the only vocabulary ids `score` reads (empty: the whole
+    # vocabulary). The sweep then unembeds those columns only (see `vocab_columns`).
+    columns: tuple[str, ...] = ()
 
     def prepare(self, tokens: np.ndarray, cfg: GPT2Config
                 ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
@@ -53,6 +58,27 @@ class Metric:
 
     def __repr__(self) -> str:
         return f"{self.name}()"
+
+
+def vocab_columns(metric: Metric, data: dict[str, np.ndarray]
+                  ) -> tuple[np.ndarray | None, dict[str, np.ndarray]]:
+    """The vocabulary ids a metric reads per example, `[batch, n]`, and its data re-indexed
+    into those n columns; `(None, data)` when it reads the whole vocabulary.
+
+    `score` is unchanged: given logits over the columns `[k, n]` and the re-indexed data
+    (`correct` becomes 0, `wrong` 1), it picks the same numbers it would from `[k, vocab]`.
+
+    Example:
+        >>> columns, local = vocab_columns(logit_diff(io, s), {"correct": io, "wrong": s})
+        >>> columns.shape, local["wrong"][0]                 # ((batch, 2), 1)
+    """
+    if not metric.columns:
+        return None, data
+    columns = np.stack([data[key] for key in metric.columns], axis=1).astype(np.int32)
+    local = dict(data)
+    for i, key in enumerate(metric.columns):
+        local[key] = np.full(columns.shape[0], i, np.int32)
+    return columns, local
 
 
 class _AtPosition(Metric):
@@ -92,11 +118,16 @@ def _prob(logits, tokens, clean, data):
 
 class LogitDiff(_AtPosition):
     name = "logit_diff"
+    columns = ("correct", "wrong")
     score = staticmethod(_logit_diff)
 
 
 class Accuracy(_AtPosition):
     name = "accuracy"
+
+    @property
+    def columns(self):  # type: ignore[override]
+        return () if self.wrong is None else ("correct", "wrong")
 
     @property
     def score(self):  # type: ignore[override]

@@ -16,6 +16,7 @@ A mask field that is None skips its blend entirely; the mask is never structure 
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import equinox as eqx
 import jax
@@ -29,6 +30,8 @@ from jaxablate.sae import SAE
 
 # Activations `run(..., collect=...)` can return, per layer.
 ACTIVATIONS = ("resid_pre", "z", "post", "mlp_out", "pattern")
+# Also collectable by the sweep's own caches: the stream after attention, per layer.
+INTERNAL_ACTIVATIONS = ("resid_mid",)
 
 
 class Blocks(eqx.Module):
@@ -59,6 +62,12 @@ def _layer_norm(x, w, b, eps):
 def _f32(bias):
     # Biases are added in float32 (the accumulation dtype), with an explicit leading seq axis.
     return bias.astype(jnp.float32)[None]
+
+
+def _rows(queries):
+    """Select the query rows of a per-position array (seq axis first; a length-1 axis is a
+    broadcast and stays)."""
+    return lambda a: a if queries is None or a.shape[0] == 1 else a[queries]
 
 
 def _blend(h, keep, r):
@@ -97,10 +106,14 @@ class GPT2(eqx.Module):
         pos = jnp.arange(tokens.shape[0])
         return self.wte[tokens].astype(jnp.float32) + self.wpe[pos].astype(jnp.float32)
 
-    def unembed(self, x: Float[Array, "k d_model"]) -> Float[Array, "k vocab"]:
-        """Final LayerNorm and the tied unembedding of some residual-stream rows."""
+    def unembed(
+        self, x: Float[Array, "k d_model"], columns: Int[Array, " n"] | None = None
+    ) -> Float[Array, "k n"]:
+        """Final LayerNorm and the tied unembedding of some residual-stream rows: logits over
+        the whole vocabulary (n = vocab), or over the token ids `columns` only (a logit
+        difference reads two of GPT-2's 50,257 columns)."""
         h = _layer_norm(x, self.lnf_w, self.lnf_b, self.cfg.layer_norm_eps)
-        return self._mm("kd,vd->kv", h, self.wte)
+        return self._mm("kd,vd->kv", h, self.wte if columns is None else self.wte[columns])
 
     def enter(
         self,
@@ -146,32 +159,67 @@ class GPT2(eqx.Module):
         With `queries`, only those rows of the output are computed (keys and values still
         come from every position): the last layer needs no more than the rows read.
         """
-        p = jax.tree_util.tree_map(lambda a: a[layer], self.blocks)
-        eps, seq = self.cfg.layer_norm_eps, x.shape[0]
-
-        def rows(a):  # the query rows of a per-position array (seq axis first, may be 1)
-            return a if queries is None or a.shape[0] == 1 else a[queries]
-
         resid_pre = x
+        x, z, pattern = self.attend(layer, x, mask, replacement, queries)
+        resid_mid = x
+        x, post, mlp_out = self.feed_forward(layer, x, mask, replacement, queries)
+        acts = {"resid_pre": resid_pre, "resid_mid": resid_mid, "z": z, "post": post,
+                "mlp_out": mlp_out, "pattern": pattern}
+        return x, acts
 
-        # Attention.
-        h = _layer_norm(x, p.ln1_w, p.ln1_b, eps)
+    def attend(
+        self,
+        layer: Int[Array, ""],
+        x: Float[Array, "seq d_model"],
+        mask: Mask,
+        replacement: Replacement,
+        queries: Int[Array, " k"] | None = None,
+    ) -> tuple[Float[Array, "rows d_model"], Float[Array, "rows head d_head"],
+               Float[Array, "head rows seq"]]:
+        """The attention half of a block: (stream after attention, z after point [2], pattern)."""
+        p = jax.tree_util.tree_map(lambda a: a[layer], self.blocks)
+        seq = x.shape[0]
+        rows = _rows(queries)
+        h = _layer_norm(x, p.ln1_w, p.ln1_b, self.cfg.layer_norm_eps)
         qkv = self._mm("sd,dthe->sthe", h, p.W_qkv) + _f32(p.b_qkv)
         q, k, v = rows(qkv[:, 0]), qkv[:, 1], qkv[:, 2]
         scores = self._mm("qhe,khe->hqk", q, k) / math.sqrt(self.cfg.d_head)
         causal = rows(jnp.tril(jnp.ones((seq, seq), bool)))
         pattern = jax.nn.softmax(jnp.where(causal[None], scores, -jnp.inf), axis=-1)
-        z = self._mm("hqk,khe->qhe", pattern, v)
-        # [2] each head's z, at all positions or at chosen ones.
+        z = self.ablate_z(layer, self._mm("hqk,khe->qhe", pattern, v), mask, replacement,
+                          queries)
+        return rows(x) + self._mm("she,hed->sd", z, p.W_O) + _f32(p.b_O), z, pattern
+
+    def ablate_z(
+        self,
+        layer: Int[Array, ""],
+        z: Float[Array, "rows head d_head"],
+        mask: Mask,
+        replacement: Replacement,
+        queries: Int[Array, " k"] | None = None,
+    ) -> Float[Array, "rows head d_head"]:
+        """[2] each head's z, at all positions or at chosen ones (rows: `queries` or all)."""
+        rows = _rows(queries)
         if mask.heads is not None:
             z = _blend(z, mask.heads[layer][None, :, None], rows(replacement.z[layer]))
         if mask.head_positions is not None:
             z = _blend(z, rows(mask.head_positions[layer])[:, :, None],
                        rows(replacement.z[layer]))
-        x = rows(x) + self._mm("she,hed->sd", z, p.W_O) + _f32(p.b_O)
+        return z
 
-        # MLP.
-        h = _layer_norm(x, p.ln2_w, p.ln2_b, eps)
+    def feed_forward(
+        self,
+        layer: Int[Array, ""],
+        x: Float[Array, "rows d_model"],
+        mask: Mask,
+        replacement: Replacement,
+        queries: Int[Array, " k"] | None = None,
+    ) -> tuple[Float[Array, "rows d_model"], Float[Array, "rows neuron"],
+               Float[Array, "rows d_model"]]:
+        """The MLP half of a block with points [3] and [4]: (new stream, post, mlp_out)."""
+        p = jax.tree_util.tree_map(lambda a: a[layer], self.blocks)
+        rows = _rows(queries)
+        h = _layer_norm(x, p.ln2_w, p.ln2_b, self.cfg.layer_norm_eps)
         post = jax.nn.gelu(self._mm("sd,dn->sn", h, p.W_in) + _f32(p.b_in), approximate=True)
         # [3] single neurons after the nonlinearity.
         if mask.neurons is not None:
@@ -180,11 +228,25 @@ class GPT2(eqx.Module):
         # [4] the whole MLP's output.
         if mask.mlps is not None:
             mlp_out = _blend(mlp_out, mask.mlps[layer], rows(replacement.mlp_out[layer]))
-        x = x + mlp_out
+        return x + mlp_out, post, mlp_out
 
-        acts = {"resid_pre": resid_pre, "z": z, "post": post, "mlp_out": mlp_out,
-                "pattern": pattern}
-        return x, acts
+    def reattend(
+        self,
+        layer: Int[Array, ""],
+        resid_mid: Float[Array, "seq d_model"],
+        z: Float[Array, "seq head d_head"],
+        mask: Mask,
+        replacement: Replacement,
+        queries: Int[Array, " k"] | None = None,
+    ) -> Float[Array, "rows d_model"]:
+        """The stream after attention, given the unablated `resid_mid` and `z` of this layer
+        (computed from the same incoming stream): only point [2] changes, by a delta through
+        W_O. Skips the layer's QKV, scores and softmax; with a keep-all mask the delta is
+        exactly zero and `resid_mid` comes back bit for bit."""
+        rows = _rows(queries)
+        z = rows(z)
+        delta = self.ablate_z(layer, z, mask, replacement, queries) - z
+        return rows(resid_mid) + self._mm("she,hed->sd", delta, self.blocks.W_O[layer])
 
     def run(
         self,
@@ -222,28 +284,54 @@ class GPT2(eqx.Module):
         mask: Mask,
         replacement: Replacement,
         positions: Int[Array, " k"],
-    ) -> Float[Array, "k vocab"]:
-        """Run layers `start .. n_layers-1` from the residual stream entering `start`.
+        columns: Int[Array, " n"] | None = None,
+        attended: tuple[Float[Array, "seq d_model"], Float[Array, "seq head d_head"]] | None
+        = None,
+    ) -> Float[Array, "k n"]:
+        """Run layers `start .. n_layers-1` from the residual stream entering `start`; logits
+        at `positions`, over the vocabulary or over the ids `columns` (see `unembed`).
 
         `start` is data (a traced int), so one compiled program serves every start layer: the
         sweep runs the clean prefix once and resumes each mask from its first touched layer.
-        Forward-only (a loop with a data-dependent trip count has no reverse-mode derivative).
+        `attended`: the unablated (resid_mid, z) of layer `start` from the same stream `x`;
+        then layer `start` reuses them (`reattend`) instead of recomputing its attention.
+        That needs a mask that leaves the stream entering `start` alone (no positions or SAE
+        features kind). Forward-only (a loop with a data-dependent trip count has no
+        reverse-mode derivative).
         """
 
         def step(layer, x):
             return self.enter(layer + 1, self.block(layer, x, mask, replacement)[0], mask,
                               replacement)
 
-        last = self.cfg.n_layers - 1
-        x = self.enter(start, x, mask, replacement)
-        x = jax.lax.fori_loop(start, last, step, x)
-        read = jax.lax.cond(
-            start <= last,
-            lambda x: self.block(jnp.int32(last), x, mask, replacement, queries=positions)[0],
-            lambda x: x[positions],
-            x,
-        )
-        return self.unembed(read)
+        last = jnp.int32(self.cfg.n_layers - 1)
+
+        def last_layer(x):
+            return self.block(last, x, mask, replacement, queries=positions)[0]
+
+        if attended is None:
+            x = self.enter(start, x, mask, replacement)
+            x = jax.lax.fori_loop(start, last, step, x)
+            read = jax.lax.cond(start <= last, last_layer, lambda x: x[positions], x)
+            return self.unembed(read, columns)
+
+        if mask.positions is not None or mask.sae_features is not None:
+            raise ValueError("resume(attended=...) needs a mask without positions or SAE "
+                             "features: they change the stream entering the layer")
+        resid_mid, z = attended
+
+        def first_then_rest(x):  # start < last
+            mid = self.reattend(start, resid_mid, z, mask, replacement)
+            x = self.feed_forward(start, mid, mask, replacement)[0]
+            return last_layer(jax.lax.fori_loop(start + 1, last, step, x))
+
+        def only_last(x):  # start == last: the read rows only
+            mid = self.reattend(last, resid_mid, z, mask, replacement, queries=positions)
+            return self.feed_forward(last, mid, mask, replacement, queries=positions)[0]
+
+        case = jnp.where(start < last, 0, jnp.where(start == last, 1, 2))
+        read = jax.lax.switch(case, [first_then_rest, only_last, lambda x: x[positions]], x)
+        return self.unembed(read, columns)
 
     def trajectory(
         self,
@@ -251,19 +339,30 @@ class GPT2(eqx.Module):
         start: Int[Array, ""],
         mask: Mask,
         replacement: Replacement,
-    ) -> Float[Array, "layer_plus_1 seq d_model"]:
+        attended: tuple[Float[Array, "layer seq d_model"],
+                        Float[Array, "layer seq head d_head"]] | None = None,
+    ) -> Any:
         """The residual stream entering every layer (and the final one) under `mask`, given
         the clean stream `resid`: rows up to `start` are kept, later rows are recomputed.
+        With `attended` (the clean resid_mid and z of every layer), returns
+        `(resid, (resid_mid, z))` with those recomputed from `start` on as well.
 
         The sweep runs a shared "parent" ablation (head i of the pair i, j) once this way,
         then resumes each child from the parent's stream at the child's last touched layer.
         """
 
-        def step(layer, resid):
-            x = self.enter(layer, resid[layer], mask, replacement)
-            return resid.at[layer + 1].set(self.block(layer, x, mask, replacement)[0])
+        def step(layer, carry):
+            resid, mid, z = carry
+            x, acts = self.block(layer, self.enter(layer, resid[layer], mask, replacement),
+                                 mask, replacement)
+            resid = resid.at[layer + 1].set(x)
+            if mid is not None:
+                mid, z = mid.at[layer].set(acts["resid_mid"]), z.at[layer].set(acts["z"])
+            return resid, mid, z
 
-        return jax.lax.fori_loop(start, self.cfg.n_layers, step, resid)
+        mid, z = (None, None) if attended is None else attended
+        resid, mid, z = jax.lax.fori_loop(start, self.cfg.n_layers, step, (resid, mid, z))
+        return resid if attended is None else (resid, (mid, z))
 
     def __call__(
         self,
