@@ -17,8 +17,9 @@ of a random correct/wrong id pair at the last position. Three ways, per sweep:
   2. A naive JAX loop: one jitted `jaxablate.forward(..., mask_set.mask(i), replacement,
      positions=-1)` per mask, then the logit diff. Compile = first call - steady time per call.
   3. `jaxablate.sweep(model, tokens, masks, mean_replacement(model, reference),
-     metrics.logit_diff(correct, wrong))`. Compile = first call - second call; steady = the
-     second call.
+     metrics.logit_diff(correct, wrong))`, once on the whole set (steady state) after a
+     warm-up on the masks sharing the set's first head, run twice with the chunk size the
+     sweep plans for the whole set: compile = first warm-up - second warm-up.
 
 Two sweeps: every single head (`masks.single_heads`, 144 masks) and every pair of heads
 (`masks.head_pairs`, 10,296 masks). Loops 1 and 2 cost one full forward per mask whatever the
@@ -87,7 +88,7 @@ import transformers
 
 import jaxablate
 from jaxablate import masks, metrics
-from jaxablate.engine import default_chunk_size
+from jaxablate.engine import planned_chunk_size
 from jaxablate.reference import random_hf_model, tl_from_hf
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -363,16 +364,30 @@ def naive_jax_loop(model, prompts: dict, mask_set: jaxablate.MaskSet, idx: np.nd
 
 
 def jax_sweep(model, prompts: dict, mask_set: jaxablate.MaskSet, replacement,
-              progress: Callable[[int, int], None]) -> tuple[np.ndarray, float, float]:
-    """`jaxablate.sweep`, called twice: compile = first - second, steady = second."""
+              progress: Callable[[int, int], None]) -> tuple[np.ndarray, float, float, int]:
+    """`jaxablate.sweep` on the whole set once, after a warm-up that compiles its programs.
+
+    The warm-up runs, twice, the masks that share the set's first head (for pairs: pairs
+    within a layer and across layers, so every program the full sweep uses) and at least
+    one whole chunk of masks, with the chunk
+    size the sweep plans for the full set: compile = first warm-up - second warm-up. Then
+    the full set runs once (steady state). Returns (values, steady s, compile s, chunk).
+    """
     metric = metrics.logit_diff(prompts["correct"], prompts["wrong"])
+    tokens = prompts["tokens"]
+    chunk = planned_chunk_size(model, tokens, mask_set, metric)
+    lead = np.array([name.split("+")[0] for name in mask_set.names])
+    # At least one whole chunk (a smaller set would run, and compile, a smaller chunk).
+    warm = subset(mask_set, np.union1d(np.nonzero(lead == lead[0])[0], np.arange(chunk)))
     times = []
     for _ in range(2):
         start = time.perf_counter()
-        values = jaxablate.sweep(model, prompts["tokens"], mask_set, replacement, metric,
-                                 progress=progress)
+        jaxablate.sweep(model, tokens, warm, replacement, metric, chunk_size=chunk)
         times.append(time.perf_counter() - start)
-    return values, times[1], max(0.0, times[0] - times[1])
+    start = time.perf_counter()
+    values = jaxablate.sweep(model, tokens, mask_set, replacement, metric, chunk_size=chunk,
+                             progress=progress)
+    return values, time.perf_counter() - start, max(0.0, times[0] - times[1]), chunk
 
 
 # ---------------------------------------------------------------------------------------------
@@ -489,9 +504,8 @@ def run_sweep(name: str, mask_set: jaxablate.MaskSet, loop_idx: np.ndarray,
     print(f"  naive JAX loop: {naive_s:.1f} s (+ compile {naive_compile:.1f} s)", flush=True)
 
     jax_set = mask_set if len(jax_idx) == n_total else subset(mask_set, jax_idx)
-    sweep_values, sweep_s, sweep_compile = jax_sweep(model, prompts, jax_set,
-                                                     ctx["replacement"],
-                                                     progress_printer("jaxablate.sweep"))
+    sweep_values, sweep_s, sweep_compile, chunk = jax_sweep(
+        model, prompts, jax_set, ctx["replacement"], progress_printer("jaxablate.sweep"))
     print(f"  jaxablate.sweep: {sweep_s:.1f} s (+ compile {sweep_compile:.1f} s)", flush=True)
 
     # Extrapolation in proportion to the masks run: exact for the loops (one full forward
@@ -508,7 +522,7 @@ def run_sweep(name: str, mask_set: jaxablate.MaskSet, loop_idx: np.ndarray,
     ]
     for row in rows:
         row["x_tl"] = row["ablations_per_s"] / rows[0]["ablations_per_s"]
-    rows[2]["chunk_size"] = ctx["chunk"](len(jax_idx))
+    rows[2]["chunk_size"] = chunk
 
     # Rows of the sweep's output that the loops also ran (loop_idx is a subset of jax_idx).
     where = np.searchsorted(jax_idx, loop_idx)
@@ -523,18 +537,10 @@ def run_sweep(name: str, mask_set: jaxablate.MaskSet, loop_idx: np.ndarray,
     return rows, checks
 
 
-def nested_samples(n_total: int, loop_k: int, jax_k: int | None, chunk_of) -> tuple:
-    """Evenly spaced jaxablate sample (whole chunks) and the loops' sample drawn from it."""
-    if jax_k is None or jax_k == 0 or jax_k >= n_total:
-        jax_idx = np.arange(n_total)
-    else:
-        jax_k = max(jax_k, loop_k or n_total)
-        # Whole chunks of the size the sweep picks for the full set: the sample then runs
-        # the programs compiled for that chunk size, as the full set would.
-        chunk = chunk_of(n_total)
-        jax_idx = evenly_spaced(n_total, min(n_total, math.ceil(jax_k / chunk) * chunk))
-    loop_idx = jax_idx[evenly_spaced(len(jax_idx), loop_k)]
-    return loop_idx, jax_idx
+def nested_samples(n_total: int, loop_k: int) -> tuple:
+    """jaxablate runs every mask; the loops run `loop_k` evenly spaced ones of them."""
+    jax_idx = np.arange(n_total)
+    return jax_idx[evenly_spaced(n_total, loop_k)], jax_idx
 
 
 def pair_samples(pairs, loop_k: int, first_heads: int | None) -> tuple:
@@ -590,20 +596,16 @@ def main(argv: Sequence[str] | None = None) -> int:
           f"{cfg.d_vocab}, jaxablate dtype {args.dtype}; {batch} prompts x {SEQ_LEN} tokens; "
           f"{flops_each / 1e9:.3f} GFLOP per ablation", flush=True)
 
-    def chunk_of(n_masks: int) -> int:
-        # The chunk size jaxablate.sweep picks by default (1 metric position: logit_diff).
-        return default_chunk_size(model, batch, SEQ_LEN, 1, n_masks)
-
     def tolerance(tl_values: np.ndarray) -> float:
         if args.dtype == "float32":
             return TOLERANCE
         return TOLERANCE + BF16_RELATIVE_TOLERANCE * float(np.abs(tl_values).max())
 
     ctx = dict(model=model, tl=tl, prompts=prompts, mean_z=mean_z, replacement=replacement,
-               flops_each=flops_each, gflops=gflops, chunk=chunk_of, tolerance=tolerance)
+               flops_each=flops_each, gflops=gflops, tolerance=tolerance)
 
     heads = masks.single_heads(cfg)
-    head_loop_idx, head_jax_idx = nested_samples(len(heads), args.head_sample, None, chunk_of)
+    head_loop_idx, head_jax_idx = nested_samples(len(heads), args.head_sample)
     pairs = masks.head_pairs(cfg)
     jax_pair_k = None if args.full_pairs else args.jax_pair_sample
     pair_loop_idx, pair_jax_idx = pair_samples(pairs, args.pair_sample, jax_pair_k)

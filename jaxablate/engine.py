@@ -14,6 +14,7 @@ How it stays fast:
 
 from __future__ import annotations
 
+import dataclasses
 import numbers
 from collections.abc import Callable
 from typing import Any
@@ -196,6 +197,82 @@ def _parents(mask_set: MaskSet, first: np.ndarray, last: np.ndarray, sae_layer: 
     return parents, parent_of
 
 
+@dataclasses.dataclass
+class _Schedule:
+    """What the sweep runs, decided on the host before anything compiles."""
+
+    first: np.ndarray  # per mask, the first layer it touches (0 without prefix reuse)
+    last: np.ndarray  # per mask, the last layer it touches
+    parents: MaskSet | None  # shared prefixes of multi-layer masks
+    parent_of: np.ndarray  # per mask, its parent's index or -1
+    own: np.ndarray  # masks without a parent, by first layer
+    blocks: list[tuple[np.ndarray, np.ndarray]]  # (parents, their children by last layer)
+    block: int  # parents per trajectory call
+    chunk_size: int
+
+
+def _schedule(model: GPT2, mask_set: MaskSet, batch: int, seq: int, n_read: int,
+              metric: Metric, chunk_size: Any, memory_budget: int | None,
+              reuse_prefix: bool) -> _Schedule:
+    n = len(mask_set)
+    budget = _budget(memory_budget)
+    sae_layer = None if model.sae is None else model.sae.layer
+    first, last = mask_set.layer_span(sae_layer)
+    if not reuse_prefix:
+        first[:] = 0
+    parents, parent_of = (_parents(mask_set, first, last, sae_layer) if reuse_prefix
+                          else (None, np.full(n, -1, np.int64)))
+
+    # The schedule, on the host. Masks without a parent, sorted by first touched layer: each
+    # chunk resumes from the clean stream at its earliest mask's layer (a chunk that straddles
+    # two layers recomputes a few clean layers for some masks: same numbers up to rounding).
+    own = np.nonzero(parent_of < 0)[0]
+    own = own[np.argsort(first[own], kind="stable")]
+    # Masks with a parent: blocks of parents' trajectories run once each, then every child
+    # resumes from its parent's stream at the child's last touched layer.
+    blocks: list[tuple[np.ndarray, np.ndarray]] = []  # (parents, their children by layer)
+    block = 1
+    if parents is not None:
+        p_first = parents.first_layers(sae_layer)
+        # Streams entering and leaving attention, and z, per layer; x4 for the loop's copies.
+        per_parent = 4 * 3 * batch * (model.cfg.n_layers + 1) * seq * model.cfg.d_model * 4
+        # One fixed block shape (padded), whatever the number of parents: no recompilation.
+        # Padding costs at most PARENT_BLOCK - 1 runs, small against the children (parents
+        # are only used when shared by two children each or more).
+        block = int(max(1, min(PARENT_BLOCK, budget // per_parent)))
+        p_order = np.argsort(p_first, kind="stable")
+        for begin in range(0, len(parents), block):
+            p_idx = p_order[begin:begin + block]
+            kids = np.nonzero(np.isin(parent_of, p_idx))[0]
+            blocks.append((p_idx, kids[np.argsort(last[kids], kind="stable")]))
+    if chunk_size is None:
+        max_chunk = default_chunk_size(model, batch, seq, n_read, n, memory_budget)
+        groups = [first[own]] + [last[kids] for _, kids in blocks]
+        n_columns = len(metric.columns) if metric.columns else None
+        chunk_size = plan_chunk_size(groups, model.cfg, batch * seq, n_read, seq, max_chunk,
+                                     n_columns)
+    chunk_size = min(int(chunk_size), n)
+    return _Schedule(first, last, parents, parent_of, own, blocks, block, chunk_size)
+
+
+def planned_chunk_size(model: GPT2, tokens: Any, masks: MaskSet | Mask, metric: Metric, *,
+                       reuse_prefix: bool = True, memory_budget: int | None = None) -> int:
+    """The chunk size `sweep` picks for these arguments (masks per compiled call).
+
+    Pass it as `chunk_size=` to a warm-up sweep on a few masks to compile the same programs
+    the full sweep will run (benchmarks time compilation apart this way).
+
+    Example:
+        >>> c = planned_chunk_size(model, tokens, masks.head_pairs(cfg), metric)   # e.g. 48
+    """
+    tokens = validate_call(model, tokens, None, None)
+    batch, seq = tokens.shape
+    mask_set = as_mask_set(masks, model, seq)
+    positions, _ = metric.prepare(tokens, model.cfg)
+    return _schedule(model, mask_set, batch, seq, positions.shape[1], metric, None,
+                     memory_budget, reuse_prefix).chunk_size
+
+
 def sweep(
     model: GPT2,
     tokens: Any,
@@ -235,44 +312,12 @@ def sweep(
                                    or not isinstance(chunk_size, numbers.Integral)
                                    or chunk_size < 1):
         raise ValueError(f"chunk_size must be a positive int, got {chunk_size!r}")
-    budget = _budget(memory_budget)
-    sae_layer = None if model.sae is None else model.sae.layer
-    first, last = mask_set.layer_span(sae_layer)
-    if not reuse_prefix:
-        first[:] = 0
-    parents, parent_of = (_parents(mask_set, first, last, sae_layer) if reuse_prefix
-                          else (None, np.full(n, -1, np.int64)))
-
-    # The schedule, on the host. Masks without a parent, sorted by first touched layer: each
-    # chunk resumes from the clean stream at its earliest mask's layer (a chunk that straddles
-    # two layers recomputes a few clean layers for some masks: same numbers up to rounding).
-    own = np.nonzero(parent_of < 0)[0]
-    own = own[np.argsort(first[own], kind="stable")]
-    # Masks with a parent: blocks of parents' trajectories run once each, then every child
-    # resumes from its parent's stream at the child's last touched layer.
-    blocks: list[tuple[np.ndarray, np.ndarray]] = []  # (parents, their children by layer)
-    block = 1
-    if parents is not None:
-        p_first = parents.first_layers(sae_layer)
-        # Streams entering and leaving attention, and z, per layer; x4 for the loop's copies.
-        per_parent = 4 * 3 * batch * (model.cfg.n_layers + 1) * seq * model.cfg.d_model * 4
-        # One fixed block shape (padded), whatever the number of parents: no recompilation.
-        # Padding costs at most PARENT_BLOCK - 1 runs, small against the children (parents
-        # are only used when shared by two children each or more).
-        block = int(max(1, min(PARENT_BLOCK, budget // per_parent)))
-        p_order = np.argsort(p_first, kind="stable")
-        for begin in range(0, len(parents), block):
-            p_idx = p_order[begin:begin + block]
-            kids = np.nonzero(np.isin(parent_of, p_idx))[0]
-            blocks.append((p_idx, kids[np.argsort(last[kids], kind="stable")]))
-    if chunk_size is None:
-        n_read = positions.shape[1]
-        max_chunk = default_chunk_size(model, batch, seq, n_read, n, memory_budget)
-        groups = [first[own]] + [last[kids] for _, kids in blocks]
-        n_columns = len(metric.columns) if metric.columns else None
-        chunk_size = plan_chunk_size(groups, model.cfg, batch * seq, n_read, seq, max_chunk,
-                                     n_columns)
-    chunk_size = min(int(chunk_size), n)
+    plan = _schedule(model, mask_set, batch, seq, positions.shape[1], metric, chunk_size,
+                     memory_budget, reuse_prefix)
+    first, last, parents, parent_of = plan.first, plan.last, plan.parents, plan.parent_of
+    own, blocks, block, chunk_size = plan.own, plan.blocks, plan.block, plan.chunk_size
+    p_first = None if parents is None else parents.first_layers(
+        None if model.sae is None else model.sae.layer)
 
     columns, data = vocab_columns(metric, data)
     tokens_j, positions_j = jnp.asarray(tokens), jnp.asarray(positions)
