@@ -8,21 +8,25 @@ Example:
     ...                ja.zero_replacement(model), ja.metrics.logit_diff(io, s))  # [144, batch]
 """
 
-from jaxablate import masks, metrics
+from jaxablate import masks, metrics, tasks
 from jaxablate.components import Component, parse_component
 from jaxablate.config import GPT2Config
-from jaxablate.engine import clean_metric, sweep
+from jaxablate.engine import clean_metric, planned_chunk_size, sweep
 from jaxablate.forward import Cache, attach_sae, forward, run_with_cache
 from jaxablate.loading import load_gpt2
 from jaxablate.mask import Mask
 from jaxablate.masks import MaskSet
 from jaxablate.model import GPT2
+from jaxablate.patterns import AttentionScores, attention_scores
 from jaxablate.replacement import Replacement
 from jaxablate.replacements import mean_replacement, resample_replacement, zero_replacement
 from jaxablate.sae import SAE
+from jaxablate.saving import save_gpt2
+from jaxablate.tasks import Task
 from jaxablate.tokenizer import load_tokenizer
 
 __all__ = [
+    "AttentionScores",
     "Cache",
     "Component",
     "GPT2",
@@ -32,6 +36,7 @@ __all__ = [
     "Replacement",
     "SAE",
     "attach_sae",
+    "attention_scores",
     "clean_metric",
     "forward",
     "load_gpt2",
@@ -40,9 +45,13 @@ __all__ = [
     "mean_replacement",
     "metrics",
     "parse_component",
+    "planned_chunk_size",
     "resample_replacement",
     "run_with_cache",
+    "save_gpt2",
     "sweep",
+    "Task",
+    "tasks",
     "zero_replacement",
 ]
 __version__ = "0.1.0"
