@@ -1,76 +1,73 @@
-"""`python -m jaxablate`: a short demonstration until the study command line exists.
+"""`python -m jaxablate`: rank every head of the bundled induction model by mean ablation.
 
-Builds a small random-weight GPT-2 (no download), runs a forward pass, checks that the
-keep-all mask reproduces it, and ranks every head by a single-head zero-ablation sweep.
-With `--model NAME_OR_FOLDER` it loads real weights instead (hub id or local folder).
+Loads the bundled 2-layer model (`load_gpt2("bundled:induction")`, no network), builds the
+induction task (random sequences repeated once), mean-ablates each head in turn with one
+`jaxablate.sweep`, and prints the heads ranked by how much the loss on the repeated half goes
+up, beside each head's attention-pattern scores and the circuit its model card names. With
+`--model NAME_OR_FOLDER` it runs the same sweep on another GPT-2 (hub id or local folder).
 """
 
 from __future__ import annotations
 
 import argparse
 import time
+from collections.abc import Sequence
 
 import numpy as np
 
 import jaxablate as ja
-from jaxablate.config import GPT2Config
-from jaxablate.loading import model_from_arrays
+from jaxablate import zoo
+from jaxablate.tasks.induction import induction
 
 
-def random_gpt2(cfg: GPT2Config, seed: int = 0) -> ja.GPT2:
-    """A GPT-2 with N(0, 0.2) weights, HF-named, built through the checked loader."""
-    rng = np.random.default_rng(seed)
-    d, dm = cfg.d_model, cfg.d_mlp
-    shapes = {"wte.weight": (cfg.d_vocab, d), "wpe.weight": (cfg.n_ctx, d),
-              "ln_f.weight": (d,), "ln_f.bias": (d,)}
-    per_layer = {"ln_1.weight": (d,), "ln_1.bias": (d,), "attn.c_attn.weight": (d, 3 * d),
-                 "attn.c_attn.bias": (3 * d,), "attn.c_proj.weight": (d, d),
-                 "attn.c_proj.bias": (d,), "ln_2.weight": (d,), "ln_2.bias": (d,),
-                 "mlp.c_fc.weight": (d, dm), "mlp.c_fc.bias": (dm,),
-                 "mlp.c_proj.weight": (dm, d), "mlp.c_proj.bias": (d,)}
-    for i in range(cfg.n_layers):
-        shapes |= {f"h.{i}.{k}": s for k, s in per_layer.items()}
-    tensors = {k: rng.normal(1.0 if k.endswith(("ln_1.weight", "ln_2.weight", "ln_f.weight"))
-                             else 0.0, 0.2, s).astype(np.float32) for k, s in shapes.items()}
-    return model_from_arrays(cfg, tensors)
-
-
-def main() -> None:
+def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m jaxablate", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", help="hub id or folder (default: a small random GPT-2)")
-    parser.add_argument("--prompts", type=int, default=8, help="random prompts (default 8)")
-    parser.add_argument("--seq", type=int, default=12, help="tokens per prompt (default 12)")
-    args = parser.parse_args()
+    parser.add_argument("--model", default="bundled:induction",
+                        help="hub id, folder or bundled:NAME (default: bundled:induction)")
+    parser.add_argument("--prompts", type=int, default=64, help="prompts (default 64)")
+    parser.add_argument("--half", type=int, default=16,
+                        help="length of the repeated sequence (default 16)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--top", type=int, default=10, help="heads to print (default 10)")
+    args = parser.parse_args(argv)
 
-    if args.model:
-        model = ja.load_gpt2(args.model)
-    else:
-        model = random_gpt2(GPT2Config(n_layers=4, n_heads=4, d_model=64, d_mlp=256,
-                                       d_vocab=1000, n_ctx=64))
+    model = ja.load_gpt2(args.model)
     cfg = model.cfg
-    rng = np.random.default_rng(0)
-    tokens = rng.integers(0, cfg.d_vocab, (args.prompts, args.seq))
-    print(f"model: {cfg}")
-    logits = ja.forward(model, tokens)
-    kept = ja.forward(model, tokens, ja.Mask.keep_all(cfg), ja.zero_replacement(model))
-    print(f"forward: logits {tuple(logits.shape)}; keep-all mask reproduces it exactly: "
-          f"{bool((np.asarray(kept) == np.asarray(logits)).all())}")
+    # GPT-2's own vocabulary: stay clear of the end-of-text id.
+    vocab = cfg.d_vocab if cfg.d_vocab < 50257 else 50256
+    task = induction(args.prompts, half=args.half, vocab=vocab, seed=args.seed)
+    print(f"model: {args.model} ({cfg.n_layers} layers x {cfg.n_heads} heads, d_model "
+          f"{cfg.d_model}, vocabulary {cfg.d_vocab})")
+    print(f"task: {task}")
 
-    correct, wrong = np.asarray(logits[:, -1]).argsort(-1)[:, -2:].T[::-1]
-    metric = ja.metrics.logit_diff(correct, wrong)
     heads = ja.masks.single_heads(cfg)
-    t0 = time.perf_counter()
-    ablated = ja.sweep(model, tokens, heads, ja.zero_replacement(model), metric)
-    seconds = time.perf_counter() - t0
-    effect = ja.clean_metric(model, tokens, metric)[None] - ablated
-    mean, sem = effect.mean(1), effect.std(1, ddof=1) / np.sqrt(effect.shape[1])
-    print(f"single-head zero-ablation sweep: {len(heads)} heads x {args.prompts} prompts in "
+    start = time.perf_counter()
+    ablated = ja.sweep(model, task.tokens, heads,
+                       ja.mean_replacement(model, task.reference_tokens), task.metric)
+    seconds = time.perf_counter() - start
+    clean = ja.clean_metric(model, task.tokens, task.metric)
+    effect = ablated - clean[None]  # loss increase when the head is mean-ablated
+    mean = effect.mean(1)
+    sem = effect.std(1, ddof=1) / np.sqrt(effect.shape[1])
+    scores = ja.attention_scores(model, task.tokens)
+    circuit = set()
+    if args.model.startswith("bundled:"):
+        found = zoo.model_card(args.model.split(":", 1)[1])["evaluation"]["circuit"]
+        circuit = set(found["previous_token_heads"]) | set(found["induction_heads"])
+
+    print(f"clean loss on the repeated half: {clean.mean():.4f} nats")
+    print(f"single-head mean-ablation sweep: {len(heads)} heads x {args.prompts} prompts in "
           f"{seconds:.2f} s (compile included)\n")
-    print("rank  head   effect on logit diff (mean ± s.e.)")
-    for rank, i in enumerate(np.argsort(-mean)[:10], 1):
-        print(f"{rank:>4}  {heads.names[i]:<6} {mean[i]:+.4f} ± {sem[i]:.4f}")
+    print("rank  head   loss increase (mean ± s.e.)   prev-token  induction  card circuit")
+    for rank, i in enumerate(np.argsort(-mean)[:args.top], 1):
+        layer, head = divmod(int(i), cfg.n_heads)
+        mark = "yes" if heads.names[i] in circuit else ""
+        print(f"{rank:>4}  {heads.names[i]:<6} {mean[i]:+9.4f} ± {sem[i]:.4f}"
+              f"{scores.previous_token[layer, head]:>19.3f}{scores.induction[layer, head]:>11.3f}"
+              f"  {mark}")
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

@@ -45,6 +45,9 @@ class Metric:
 
     name = "metric"
     reads_clean = False  # whether score needs the clean logits (kl_to_clean)
+    # Whether a larger value means the model does the task better (logit difference,
+    # accuracy, probability) or worse (loss, KL): the sign of an ablation's "damage".
+    higher_is_better = True
     # Keys of `data` holding the only vocabulary ids `score` reads (empty: the whole
     # vocabulary). The sweep then unembeds those columns only (see `vocab_columns`).
     columns: tuple[str, ...] = ()
@@ -169,6 +172,7 @@ class Loss(Metric):
     """Mean next-token cross-entropy over the positions read (all but the last by default)."""
 
     name = "loss"
+    higher_is_better = False
     score = staticmethod(_loss)
 
     def __init__(self, positions: Any = None):
@@ -203,6 +207,7 @@ class KLToClean(Metric):
 
     name = "kl_to_clean"
     reads_clean = True
+    higher_is_better = False
     score = staticmethod(_kl)
 
     def __init__(self, positions: Any = -1):
