@@ -8,7 +8,7 @@ Example:
     ...                ja.zero_replacement(model), ja.metrics.logit_diff(io, s))  # [144, batch]
 """
 
-from jaxablate import masks, metrics, tasks
+from jaxablate import masks, metrics, report, tasks
 from jaxablate.components import Component, parse_component
 from jaxablate.config import GPT2Config
 from jaxablate.engine import clean_metric, planned_chunk_size, sweep
@@ -22,6 +22,7 @@ from jaxablate.replacement import Replacement
 from jaxablate.replacements import mean_replacement, resample_replacement, zero_replacement
 from jaxablate.sae import SAE
 from jaxablate.saving import save_gpt2
+from jaxablate.study import Study, StudyResult
 from jaxablate.tasks import Task
 from jaxablate.tokenizer import load_tokenizer
 
@@ -35,6 +36,8 @@ __all__ = [
     "MaskSet",
     "Replacement",
     "SAE",
+    "Study",
+    "StudyResult",
     "attach_sae",
     "attention_scores",
     "clean_metric",
@@ -45,6 +48,7 @@ __all__ = [
     "mean_replacement",
     "metrics",
     "parse_component",
+    "report",
     "planned_chunk_size",
     "resample_replacement",
     "run_with_cache",

@@ -1,0 +1,232 @@
+"""The report writer and the figures, on hand-built study result dicts (no model, no Study)."""
+
+from __future__ import annotations
+
+import copy
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from jaxablate import plots
+from jaxablate.report import summary_markdown, write_report
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+# The baseline and the headline numbers, chosen to print exactly under 4 significant digits.
+BASELINE, TOP_EFFECT, FAITHFULNESS = 3.125, 2.75, 0.9375
+
+
+def synthetic_result(n_layers: int = 2, n_heads: int = 3, n_prompts: int = 4,
+                     full: bool = True) -> dict:
+    """A study result dict in the schema of `StudyResult.to_dict()`: heads only, made up."""
+    rng = np.random.default_rng(0)
+    names = [f"{layer}.{head}" for layer in range(n_layers) for head in range(n_heads)]
+    effects = np.linspace(TOP_EFFECT, -0.5, len(names))
+    effects[len(names) // 2] = 0.0
+    single = []
+    for i, name in enumerate(names):
+        layer, head = divmod(i, n_heads)
+        per_example = (effects[i] + rng.normal(0, 0.1, n_prompts)).tolist()
+        effect = float(effects[i])
+        single.append({
+            "component": name, "kind": "head", "layer": layer, "index": head,
+            "effect": effect, "sem": 0.05, "ci_low": effect - 0.1, "ci_high": effect + 0.1,
+            "rank": i + 1, "critical": effect > 1.0, "negative": effect < -0.2,
+            "no_effect": abs(effect) < 0.2, "per_example": per_example})
+    order = [r["component"] for r in single][::-1]  # as the Study: lowest effect first
+    n = len(names)
+    result = {
+        "meta": {"model": "tiny-test", "model_config": {
+                     "n_layers": n_layers, "n_heads": n_heads, "d_model": 32, "d_head": 8,
+                     "d_mlp": 128, "d_vocab": 101, "n_ctx": 64},
+                 "task": {"name": "induction", "half": 4, "seed": 0},
+                 "ablation": "mean", "metric": "logit_diff", "higher_is_better": True,
+                 "seed": 0, "n_prompts": n_prompts, "seq_len": 8, "components": ["heads"],
+                 "threshold": 0.5, "threshold_rule": "critical if effect > 0.5 and CI excludes 0",
+                 "versions": {"jaxablate": "0.1.0", "jax": "0.10.2", "numpy": "2.4.6"},
+                 "date": "2026-11-25T10:00:00", "seconds": {"single": 1.5, "cumulative": 0.5}},
+        "baseline": {"mean": BASELINE, "sem": 0.0625,
+                     "per_example": [3.0, 3.25, 3.125, 3.125]},
+        "single": single,
+    }
+    if not full:
+        return result
+    metric = [BASELINE - 0.4 * k for k in range(1, n + 1)]
+    result["cumulative"] = {
+        "order": order, "fractions": [k / n for k in range(1, n + 1)],
+        "n_ablated": list(range(1, n + 1)), "metric": metric, "sem": [0.05] * n,
+        "recovered": [(m - metric[-1]) / (BASELINE - metric[-1]) for m in metric],
+        "cliff": {"fraction": 2 / n, "n_ablated": 2, "drop": 0.1875, "below_half": 4 / n,
+                  "rule": "largest drop in recovered"}}
+    result["circuit"] = {
+        "target": 0.9, "members": ["0.0", "0.1"], "size": 2, "share": 2 / n,
+        "faithfulness": FAITHFULNESS, "metric_all_ablated": 0.5, "metric_circuit": 2.96875,
+        "steps": [{"added": "0.0", "recovered": 0.6}, {"added": "0.1", "recovered": 0.9375}],
+        "minimality": [{"component": "0.0", "recovered_without": 0.3, "hurts": True},
+                       {"component": "0.1", "recovered_without": 0.6, "hurts": True}],
+        "minimal": True}
+    top = names[:3]
+    pairs = [{"a": a, "b": b, "joint": 1.0, "single_a": 0.75, "single_b": 0.5,
+              "interaction": -0.25, "backup_candidate": (a, b) == ("0.0", "0.1")}
+             for i, a in enumerate(top) for b in top[i + 1:]]
+    matrix = [[None if a == b else -0.25 for b in top] for a in top]
+    result["interactions"] = {"components": top, "matrix": matrix, "pairs": pairs}
+    verdicts = {t: ["critical" if e > 1.0 else "none" for e in effects] for t in
+                ("zero", "mean", "resample")}
+    verdicts["zero"][4] = "critical"
+    result["ablation_comparison"] = {
+        "types": ["zero", "mean", "resample"],
+        "effects": {"zero": (effects * 1.5).tolist(), "mean": effects.tolist(),
+                    "resample": (effects * 0.75).tolist()},
+        "components": names, "resample_std": [0.125] * n,
+        "spearman": {"zero~mean": 0.875, "zero~resample": 0.75, "mean~resample": 1.0},
+        "verdicts": verdicts,
+        "changed": [{"component": names[4],
+                     "verdicts": {t: verdicts[t][4] for t in verdicts}}]}
+    return result
+
+
+def check_png(path) -> None:
+    data = path.read_bytes()
+    assert data[:8] == PNG_MAGIC, f"{path} is not a PNG"
+    assert len(data) > 5000, f"{path} has only {len(data)} bytes"
+
+
+def test_full_report_writes_every_file(tmp_path):
+    result = synthetic_result()
+    folder = write_report(result, tmp_path / "report")
+    expected = ["study.json", "single.csv", "single.parquet", "per_example.parquet",
+                "cumulative.csv", "interactions.csv", "ablation_comparison.csv", "summary.md"]
+    expected += [f"{name}.png" for name in plots.FIGURES if name != "single_layers"]
+    for name in expected:
+        assert (folder / name).is_file(), f"{name} missing; folder has {sorted(folder.iterdir())}"
+    assert not (folder / "single_layers.png").exists()  # heads only
+    for name in expected:
+        if name.endswith(".png"):
+            check_png(folder / name)
+    assert json.loads((folder / "study.json").read_text()) == result
+
+
+def test_tables_read_back_equal_the_dict(tmp_path):
+    result = synthetic_result()
+    folder = write_report(result, tmp_path, plots=False)
+    by_name = {r["component"]: r for r in result["single"]}
+    # Head names such as "1.10" look like numbers to a CSV reader: read them as text.
+    for frame in (pd.read_csv(folder / "single.csv", dtype={"component": str}),
+                  pd.read_parquet(folder / "single.parquet")):
+        assert list(frame["component"]) == [r["component"] for r in result["single"]]
+        assert list(frame["rank"]) == sorted(r["rank"] for r in result["single"])
+        for _, row in frame.iterrows():
+            want = by_name[str(row["component"])]
+            for key in ("effect", "sem", "ci_low", "ci_high"):
+                np.testing.assert_allclose(row[key], want[key], rtol=1e-12)
+            for key in ("layer", "index", "rank", "critical", "negative", "no_effect"):
+                assert row[key] == want[key], (key, row[key], want[key])
+        assert "per_example" not in frame
+    long = pd.read_parquet(folder / "per_example.parquet")
+    assert list(long.columns) == ["component", "example", "effect"]
+    for name, group in long.groupby("component"):
+        np.testing.assert_allclose(group.sort_values("example")["effect"],
+                                   by_name[name]["per_example"], rtol=1e-12)
+    cumulative = pd.read_csv(folder / "cumulative.csv", dtype={"last_ablated": str})
+    np.testing.assert_allclose(cumulative["metric"], result["cumulative"]["metric"])
+    np.testing.assert_allclose(cumulative["fraction"], result["cumulative"]["fractions"])
+    assert cumulative["last_ablated"].tolist() == result["cumulative"]["order"]
+    pairs = pd.read_csv(folder / "interactions.csv", dtype={"a": str, "b": str})
+    assert pairs.to_dict("records") == result["interactions"]["pairs"]
+    comparison = pd.read_csv(folder / "ablation_comparison.csv", dtype={"component": str})
+    section = result["ablation_comparison"]
+    for kind in section["types"]:
+        np.testing.assert_allclose(comparison[f"effect_{kind}"], section["effects"][kind])
+        assert comparison[f"verdict_{kind}"].tolist() == section["verdicts"][kind]
+    np.testing.assert_allclose(comparison["resample_std"], section["resample_std"])
+    assert comparison["changed"].tolist() == [c == section["changed"][0]["component"]
+                                              for c in section["components"]]
+
+
+def test_summary_states_the_key_numbers(tmp_path):
+    result = synthetic_result()
+    text = (write_report(result, tmp_path) / "summary.md").read_text()
+    for needle in (f"{BASELINE} ± 0.0625", "`0.0`", f"{TOP_EFFECT} ± 0.05",
+                   f"faithfulness {FAITHFULNESS}", "size 2", "critical if effect > 0.5",
+                   "logit_diff (higher is better)", "mean", "**Cliff** at 2",
+                   "lowest effect first", "zero vs mean | 0.875", "1 backup candidate",
+                   "| `1.1` | critical | none | none |", "(single_heads.png)",
+                   "(cumulative.png)", "(interactions.png)", "(ablation_types.png)",
+                   "[single.csv](single.csv)"):
+        assert needle in text, f"{needle!r} not in summary.md:\n{text}"
+    counts = "**3 critical**, 1 negative, 2 with no effect"
+    assert counts in text, text
+
+
+def test_missing_sections_are_skipped(tmp_path):
+    result = synthetic_result(full=False)
+    result["cumulative"] = None  # skipped steps may be absent or None
+    folder = write_report(result, tmp_path)
+    for name in ("study.json", "single.csv", "single.parquet", "per_example.parquet",
+                 "summary.md", "single_heads.png"):
+        assert (folder / name).is_file(), name
+    for name in ("cumulative.csv", "interactions.csv", "ablation_comparison.csv",
+                 "cumulative.png", "interactions.png", "ablation_types.png"):
+        assert not (folder / name).exists(), name
+    assert json.loads((folder / "study.json").read_text()) == result
+    text = (folder / "summary.md").read_text()
+    assert text.count("Not run.") == 4, text
+    assert f"{BASELINE} ± 0.0625" in text
+
+
+def test_mlp_and_neuron_rows_get_bar_charts(tmp_path):
+    result = synthetic_result(full=False)
+    rows = []
+    for layer in range(2):
+        rows.append({"component": f"mlp{layer}", "kind": "mlp", "layer": layer, "index": None,
+                     "effect": 0.5 + layer, "sem": 0.1, "ci_low": 0.3 + layer,
+                     "ci_high": 0.7 + layer, "rank": 2 - layer, "critical": layer == 1,
+                     "negative": False, "no_effect": False, "per_example": [0.5] * 4})
+        for i in range(3):
+            rows.append({"component": f"n{layer}.{i}", "kind": "neuron", "layer": layer,
+                         "index": i, "effect": 0.1 * i, "sem": 0.01, "ci_low": 0.1 * i - 0.02,
+                         "ci_high": 0.1 * i + 0.02, "rank": 3 + 3 * layer + i,
+                         "critical": False, "negative": False, "no_effect": i == 0,
+                         "per_example": [0.1 * i] * 4})
+    result["single"] = rows
+    result["meta"]["components"] = ["mlps", "neurons"]
+    folder = write_report(result, tmp_path)
+    check_png(folder / "single_layers.png")
+    assert not (folder / "single_heads.png").exists()
+    frame = pd.read_parquet(folder / "single.parquet")
+    assert frame["component"].tolist()[:2] == ["mlp1", "mlp0"]
+    assert frame["index"].isna().tolist()[:2] == [True, True]
+    assert "(single_layers.png)" in (folder / "summary.md").read_text()
+
+
+def test_non_finite_numbers_become_null(tmp_path):
+    result = synthetic_result()
+    result["single"][0]["sem"] = float("nan")
+    result["interactions"]["matrix"][0][1] = float("inf")
+    folder = write_report(result, tmp_path)
+    back = json.loads((folder / "study.json").read_text())
+    assert back["single"][0]["sem"] is None and back["interactions"]["matrix"][0][1] is None
+    assert f"{TOP_EFFECT} ± –" in (folder / "summary.md").read_text()
+
+
+def test_plot_functions_skip_absent_sections(tmp_path):
+    result = synthetic_result(full=False)
+    for make in (plots.plot_cumulative, plots.plot_interactions, plots.plot_ablation_types,
+                 plots.plot_single_layers):
+        assert make(result, tmp_path / "x.png") is None
+    assert not (tmp_path / "x.png").exists()
+    assert plots.plot_single_heads(result, tmp_path / "h.png") == tmp_path / "h.png"
+
+
+def test_bad_input_is_refused(tmp_path):
+    with pytest.raises(ValueError, match="no single section"):
+        summary_markdown({"meta": {}, "baseline": {}})
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(ValueError, match="not a folder"):
+        write_report(synthetic_result(full=False), tmp_path / "file")
+    broken = copy.deepcopy(synthetic_result())
+    broken["cumulative"]["metric"] = broken["cumulative"]["metric"][:-1]
+    with pytest.raises(ValueError, match="different lengths"):
+        write_report(broken, tmp_path / "out", plots=False)
