@@ -172,3 +172,45 @@ def test_main_command_ranks_the_bundled_circuit_first(card, capsys):
     primary = card["evaluation"]["circuit"]["primary"]
     assert ranked[:2] == [primary["previous_token"], primary["induction"]], out
     assert "bundled:induction" in out
+
+
+def test_study_command_on_the_bundled_model(card, model, tmp_path, capsys):
+    """`jaxablate study` with defaults: the circuit first, a small minimal circuit, and a
+    report folder whose numbers equal a direct sweep's."""
+    import pandas as pd
+
+    from jaxablate.cli import main
+
+    out = tmp_path / "report"
+    assert main(["study", "--out", str(out), "--quiet", "--no-cache"]) == 0
+    printed = capsys.readouterr().out
+    for name in ("study.json", "single.csv", "single.parquet", "per_example.parquet",
+                 "cumulative.csv", "interactions.csv", "ablation_comparison.csv", "summary.md",
+                 "single_heads.png", "cumulative.png", "interactions.png",
+                 "ablation_types.png"):
+        assert (out / name).is_file() and (out / name).stat().st_size > 0, name
+    result = json.loads((out / "study.json").read_text())
+    single = sorted(result["single"], key=lambda r: r["rank"])
+    primary = card["evaluation"]["circuit"]["primary"]
+    assert [r["component"] for r in single[:2]] == [primary["previous_token"],
+                                                    primary["induction"]]
+    assert all(r["critical"] for r in single[:2])
+    assert printed.index(primary["previous_token"]) < printed.index(primary["induction"])
+    # The minimal circuit holds the primary path, is minimal and at most half of the heads.
+    circuit = result["circuit"]
+    assert {primary["previous_token"], primary["induction"]} <= set(circuit["members"])
+    assert circuit["minimal"] and circuit["faithfulness"] >= circuit["target"]
+    assert circuit["share"] <= 0.5
+    # The JSON's effects are the sweep's: mean ablation, loss goes up = positive effect.
+    task = induction(result["meta"]["n_prompts"], half=16, vocab=model.cfg.d_vocab,
+                     seed=result["meta"]["seed"])
+    heads = masks.single_heads(model.cfg)
+    ablated = jaxablate.sweep(model, task.tokens, heads,
+                              jaxablate.mean_replacement(model, task.reference_tokens),
+                              task.metric)
+    effect = (ablated - jaxablate.clean_metric(model, task.tokens, task.metric)[None]).mean(1)
+    by_name = {r["component"]: r["effect"] for r in result["single"]}
+    np.testing.assert_allclose([by_name[n] for n in heads.names], effect, rtol=0, atol=1e-5)
+    table = pd.read_csv(out / "single.csv", dtype={"component": str})
+    np.testing.assert_allclose(table.set_index("component").loc[heads.names, "effect"],
+                               effect, rtol=0, atol=1e-5)
