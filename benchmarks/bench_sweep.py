@@ -89,6 +89,7 @@ import transformers
 import jaxablate
 from jaxablate import masks, metrics
 from jaxablate.engine import planned_chunk_size
+from jaxablate.machine import cpu_name
 from jaxablate.reference import random_hf_model, tl_from_hf
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -169,16 +170,6 @@ def _version(package: str) -> str:
         return "not installed"
 
 
-def _cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
-
-
 def _git_commit() -> str | None:
     try:
         out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO_ROOT,
@@ -191,7 +182,7 @@ def _git_commit() -> str | None:
 def machine_info() -> dict:
     """What the numbers were measured on (printed in the header and stored in the JSON)."""
     return {
-        "cpu": _cpu_model(),
+        "cpu": cpu_name(),
         "cores_visible": os.cpu_count(),
         "cores_usable": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
         else os.cpu_count(),

@@ -34,6 +34,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxablate.config import GPT2Config
+from jaxablate.machine import cpu_name
 from jaxablate.model import GPT2, Blocks
 
 CONFIG = GPT2Config(n_layers=2, n_heads=2, d_model=64, d_mlp=256, d_vocab=64, n_ctx=64)
@@ -254,7 +255,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                      "steps": args.steps, "batch": args.batch, "lr": args.lr,
                      "seq_len": SEQ_LEN, "segment": list(SEGMENT),
                      "final_loss": log[-1]["loss"], "seconds": round(seconds, 1),
-                     "machine": f"{jax.devices()[0].platform}, {_cpu_name()}",
+                     "machine": f"{jax.devices()[0].platform}, {cpu_name()}",
                      "date": datetime.date.today().isoformat(), "log": log},
         "evaluation": evaluation,
     }
@@ -264,18 +265,6 @@ def main(argv: Sequence[str] | None = None) -> int:
                                                  "circuit")}, indent=2))
     print(f"wrote {args.out}")
     return 0
-
-
-def _cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    import platform
-
-    return platform.processor() or "unknown CPU"
 
 
 if __name__ == "__main__":
