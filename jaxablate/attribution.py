@@ -93,6 +93,27 @@ class Attribution(eqx.Module):
         rows.sort(key=lambda row: -abs(row[1]))
         return rows if top is None else rows[:top]
 
+    def per_example(self, names: Sequence[Any]) -> Float[np.ndarray, "n batch"]:
+        """The estimates of the components `names` ("1.2", "mlp0", "n1.5", ...), per example:
+        numpy `[len(names), batch]`, in the order given.
+
+        Example:
+            >>> att.per_example(["0.1", "mlp1"]).shape               # (2, batch)
+        """
+        fields = {k: np.asarray(getattr(self.estimate, k)) for k in self.estimate.kinds()}
+        rows = []
+        for spec in names:
+            c = parse_component(spec)
+            if c.kind not in fields:
+                raise ValueError(f"{c.name!r} is of kind {c.kind!r}, not among the kinds "
+                                 f"scored {list(fields)}")
+            values = fields[c.kind]
+            if any(not 0 <= i < n for i, n in zip(c.index, values.shape[1:])):
+                raise ValueError(f"{c.name!r} is out of range for the scored {c.kind} of "
+                                 f"shape {list(values.shape[1:])}")
+            rows.append(values[(slice(None),) + c.index])
+        return np.stack(rows) if rows else np.zeros((0, len(self.clean)), np.float32)
+
     def components(self) -> list[tuple[str, float]]:
         """(component name, mean estimate) for every scored component, layer-major order."""
         means = self.mean()

@@ -5,19 +5,27 @@ report folder.
     jaxablate study --model gpt2 --task ioi --template 3 --components heads,mlps
     jaxablate study --model ./my-gpt2 --prompts mine.jsonl --tokenizer ./my-gpt2 --json
 
-Bad input (a missing file, an unknown component kind, options that do not go together)
-prints one line, `jaxablate study: error: ...`, and exits with status 2; Ctrl-C exits with
-130. Nothing else is caught, so a bug still shows its traceback.
+Bad input (a missing file, an unknown component kind, options that do not go together, a
+chunk size that cannot fit in memory, an --out folder holding another run's results) prints
+one line, `jaxablate study: error: ...`, and exits with status 2, with no traceback. Sweep
+results are committed to DIR/sweeps as they are computed (`jaxablate.store`): Ctrl-C exits
+with 130 and SIGTERM with 143, keeping them, and the same command run again resumes. An
+accelerator running out of memory is one line too (exit 1). Nothing else is caught, so a
+bug still shows its traceback.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib.util
 import json
 import os
+import signal
 import sys
+import threading
 import time
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, NoReturn
@@ -26,7 +34,7 @@ import numpy as np
 
 PROG = "jaxablate"
 COMPONENT_KINDS = ("heads", "mlps", "neurons")
-OPTIONAL_STEPS = ("cumulative", "circuit", "interactions", "ablation_comparison")
+OPTIONAL_STEPS = ("screening", "cumulative", "circuit", "interactions", "ablation_comparison")
 _DEFAULT_N_PROMPTS = 64
 _INDUCTION_HALF = 16
 
@@ -39,6 +47,8 @@ Run the ablation protocol on one model and task:
   - the clean baseline;
   - every component ablated alone: effect +- s.e.m., 95% bootstrap CI, and critical /
     negative / no-effect flags;
+  - gradient screening: every component scored by integrated gradients of the mask (or the
+    plain gradient), the top candidates checked against the exact effects;
   - components ablated together, least important first: the cliff;
   - the minimal circuit: size, share, faithfulness, minimality;
   - pair interactions among the top components: backup candidates;
@@ -119,8 +129,8 @@ def _steps(text: str) -> tuple[str, ...]:
         step = aliases.get(part, part)
         if step not in OPTIONAL_STEPS:
             raise argparse.ArgumentTypeError(
-                f"unknown step {part!r}; choose from cumulative, circuit, interactions, "
-                "comparison")
+                f"unknown step {part!r}; choose from screening, cumulative, circuit, "
+                "interactions, comparison")
         steps.append(step)
     return tuple(steps)
 
@@ -190,12 +200,35 @@ def build_parser() -> argparse.ArgumentParser:
                           help="pairs among the K largest effects (default: every head when "
                                "only heads are studied and there are <= 200, else 20)")
     ablation.add_argument("--skip", type=_steps, default=(), metavar="LIST",
-                          help="steps to leave out: cumulative, circuit, interactions, "
-                               "comparison (e.g. --skip interactions on big models)")
+                          help="steps to leave out: screening, cumulative, circuit, "
+                               "interactions, comparison (e.g. --skip interactions on big "
+                               "models)")
+
+    screening = study.add_argument_group("gradient screening")
+    screening.add_argument("--screen", choices=("ig", "grad"), default="ig",
+                           help="how every component is scored from gradients of the mask: "
+                                "ig (integrated gradients along the path ablating all "
+                                "together) or grad (first order at the clean model) "
+                                "(default: ig)")
+    screening.add_argument("--ig-steps", type=_positive_int, default=16, metavar="N",
+                           help="integrated-gradients steps (forward + backward passes per "
+                                "prompt) (default: 16)")
+    screening.add_argument("--screen-top-k", type=_positive_int, default=None, metavar="K",
+                           help="screened components verified by exact ablation (default: "
+                                "20, or all when fewer)")
 
     output = study.add_argument_group("output")
     output.add_argument("--out", default="jaxablate-report", metavar="DIR",
-                        help="report folder, created or overwritten (default: jaxablate-report)")
+                        help="report folder, created or overwritten; sweep results are kept in "
+                             "DIR/sweeps as they are computed, so running the same command "
+                             "again (after Ctrl-C, a kill or a crash) resumes where it stopped "
+                             "(default: jaxablate-report)")
+    output.add_argument("--overwrite", action="store_true",
+                        help="discard the sweep results an earlier run left in --out and start "
+                             "afresh (needed when the inputs changed)")
+    output.add_argument("--chunk-size", type=_positive_int, default=None, metavar="N",
+                        help="masks per compiled call (default: chosen within the memory "
+                             "budget); refused up front when it cannot fit in memory")
     output.add_argument("--json", action="store_true",
                         help="print the result dict as JSON on stdout instead of the table")
     output.add_argument("--no-plots", action="store_true", help="skip the PNG figures")
@@ -227,6 +260,14 @@ def _check_options(args: argparse.Namespace) -> None:
         raise UsageError("--neuron-layers applies only with --components including neurons")
     if os.path.exists(args.out) and not os.path.isdir(args.out):
         raise UsageError(f"--out: {args.out!r} exists and is not a folder")
+    existing = Path(os.path.abspath(args.out))
+    while not existing.exists():
+        existing = existing.parent
+    if not existing.is_dir():
+        raise UsageError(f"--out: cannot create {args.out!r}: {str(existing)!r} is a file, not "
+                         "a folder; choose another --out")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise UsageError(f"--out: {str(existing)!r} is not writable; choose another --out")
     needed = ["pandas", "pyarrow"] + ([] if args.no_plots else ["matplotlib"])
     missing = [name for name in needed if importlib.util.find_spec(name) is None]
     if missing:
@@ -329,7 +370,9 @@ def run_study(args: argparse.Namespace) -> int:
     if not args.no_cache:
         _enable_compilation_cache()
     import jaxablate as ja
+    from jaxablate.engine import check_chunk_size
     from jaxablate.report import jsonable, write_report
+    from jaxablate.store import StoreWarning
     from jaxablate.study import Study
 
     say = (lambda text: print(text, file=sys.stderr)) if args.json else print
@@ -347,15 +390,24 @@ def run_study(args: argparse.Namespace) -> int:
     say(f"task: {task}")
     say(f"ablation: {args.ablation}; components: {', '.join(args.components)}; "
         f"seed {args.seed}")
+    if args.chunk_size is not None:
+        n_read = task.metric.prepare(task.tokens, cfg)[0].shape[1]
+        check_chunk_size(model, *task.tokens.shape, n_read, args.chunk_size,
+                         what="--chunk-size")
     progress = ProgressBars(enabled=not args.quiet)
-    try:
+    with contextlib.closing(progress), warnings.catch_warnings():
+        # A damaged stored file is one line on stderr (it is recomputed), not a warning dump.
+        warnings.simplefilter("always", StoreWarning)
+        warnings.showwarning = _show_warning
         study = Study(model, task, ablation=args.ablation, components=args.components,
                       neuron_layers=args.neuron_layers, threshold=args.threshold,
-                      seed=args.seed, progress=progress, model_name=args.model)
+                      seed=args.seed, progress=progress, model_name=args.model,
+                      store=Path(args.out) / "sweeps", overwrite=args.overwrite,
+                      chunk_size=args.chunk_size)
         steps = ("baseline", "single") + tuple(s for s in OPTIONAL_STEPS if s not in args.skip)
-        result = study.run(target=args.target, top_k=args.interaction_top_k, steps=steps)
-    finally:
-        progress.close()
+        result = study.run(target=args.target, top_k=args.interaction_top_k, steps=steps,
+                           screen_method=args.screen, screen_steps=args.ig_steps,
+                           screen_top_k=args.screen_top_k)
     data = result.to_dict()
     if args.json:
         json.dump(jsonable(data), sys.stdout)
@@ -365,9 +417,47 @@ def run_study(args: argparse.Namespace) -> int:
         print(result.table(args.top))
         print()
     folder = write_report(data, args.out, plots=not args.no_plots)
+    store = getattr(study, "store", None)
+    if store is not None:
+        say(f"sweeps: {store.computed} files computed, {store.reused} reused from "
+            f"{store.folder}")
     say(f"report: {Path(folder) / 'summary.md'} (study.json, tables"
         f"{'' if args.no_plots else ', figures'}) in {time.perf_counter() - start:.1f} s")
     return 0
+
+
+def _show_warning(message: Any, category: Any, filename: Any, lineno: Any, file: Any = None,
+                  line: Any = None) -> None:
+    print(f"{PROG} study: warning: {' '.join(str(message).split())}", file=sys.stderr)
+
+
+class _Terminated(BaseException):
+    """SIGTERM, raised in the main thread the way Ctrl-C raises KeyboardInterrupt."""
+
+
+@contextlib.contextmanager
+def _sigterm_raises() -> Any:
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum: int, frame: Any) -> None:
+        raise _Terminated()
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _stopped(args: argparse.Namespace, what: str, status: int) -> int:
+    """One line: how the run stopped, and that running it again resumes."""
+    sweeps = Path(args.out) / "sweeps"
+    kept = (f"; the sweep results finished so far are kept in {sweeps}: run the same command "
+            "again to resume" if sweeps.is_dir() else "")
+    print(f"{PROG} study: {what}{kept}", file=sys.stderr)
+    return status
 
 
 def _fail(message: str) -> int:
@@ -389,14 +479,27 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SystemExit as stop:  # --help, --version, usage errors: argparse already printed
         return stop.code if isinstance(stop.code, int) else 2
     try:
-        return run_study(args)
+        with _sigterm_raises():
+            return run_study(args)
     except UsageError as error:
         return _fail(str(error))
-    except (ValueError, OSError) as error:  # the library's and the OS's bad-input errors
+    except (ValueError, TypeError, OSError) as error:  # the library's and the OS's
+        details = getattr(error, "details", None)  # a StoreMismatchError
+        if details is not None and hasattr(error, "changed"):
+            return _fail(f"--out {args.out} holds sweep results of another run ({details}); "
+                         "re-run with --overwrite to start afresh, or choose another --out")
         return _fail(str(error) or type(error).__name__)
+    except RuntimeError as error:
+        if "RESOURCE_EXHAUSTED" not in str(error):
+            raise
+        print(f"{PROG} study: error: the device ran out of memory; pass a smaller "
+              f"--chunk-size{'' if args.chunk_size is None else f' than {args.chunk_size}'} "
+              f"(finished sweeps are kept in {Path(args.out) / 'sweeps'})", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
-        print(f"{PROG} study: interrupted", file=sys.stderr)
-        return 130
+        return _stopped(args, "interrupted", 130)
+    except _Terminated:
+        return _stopped(args, "terminated (SIGTERM)", 143)
 
 
 if __name__ == "__main__":

@@ -3,6 +3,8 @@
   plot_single_heads(result, path)     layer x head heatmap of single-head effects; * where
                                       the 95% CI excludes 0, a black outline on critical heads
   plot_single_layers(result, path)    MLP layers (and the top neurons) as bars with 95% CIs
+  plot_screening(result, path)        screening estimate vs exact effect per component, the
+                                      verified top-k filled, failures in red, the diagonal
   plot_cumulative(result, path)       metric vs fraction ablated, +- s.e.m. band, cliff marked,
                                       recovered on the right axis
   plot_interactions(result, path)     pair interaction matrix, diverging colours centred at 0
@@ -29,7 +31,8 @@ from typing import Any
 
 import numpy as np
 
-FIGURES = ("single_heads", "single_layers", "cumulative", "interactions", "ablation_types")
+FIGURES = ("single_heads", "single_layers", "screening", "cumulative", "interactions",
+           "ablation_types")
 _DPI = 120
 
 
@@ -167,6 +170,51 @@ def plot_single_layers(result: Mapping[str, Any], path: str | os.PathLike,
         _bars(ax, rows, [str(r["component"]) for r in rows])
         ax.set_ylabel(_effect_label(result), fontsize=8)
         ax.set_title(what, fontsize=9)
+    return _save(fig, path)
+
+
+def plot_screening(result: Mapping[str, Any], path: str | os.PathLike,
+                   labels: int = 12) -> Path | None:
+    """Scatter of the screening estimate (x) against the exact single-ablation effect (y)
+    for every component whose exact effect is known; verified top-k filled, the rest
+    hollow, failures in red, the `labels` largest by |exact| named; y = x dashed.
+    None without a screening section."""
+    section = _section(result, "screening")
+    if section is None or not section.get("components"):
+        return None
+    names = [str(n) for n in section["components"]]
+    x = np.array([_float(v) for v in section.get("estimate") or ()])
+    y = np.array([_float(v) for v in (section.get("exact_all") or section.get("exact") or ())])
+    verified = np.array([bool(v) for v in section.get("verified") or [False] * len(names)])
+    fails = np.array([bool(v) for v in section.get("fails") or [False] * len(names)])
+    known = np.isfinite(x) & np.isfinite(y)
+    if not known.any():
+        return None
+    fig = _figure(5.2, 4.6)
+    ax = fig.add_subplot(1, 1, 1)
+    rest = known & ~verified
+    if rest.any():
+        ax.scatter(x[rest], y[rest], s=14, facecolors="none", edgecolors="tab:gray",
+                   label="not in the top k")
+    for sel, colour, label in ((known & verified & ~fails, "tab:blue", "verified"),
+                               (known & fails, "tab:red", "verified, estimate fails")):
+        if sel.any():
+            ax.scatter(x[sel], y[sel], s=22, color=colour, label=label)
+    span = np.concatenate([x[known], y[known], np.zeros(1)])
+    low, high = float(span.min()), float(span.max())
+    ax.plot([low, high], [low, high], color="black", linewidth=0.8, linestyle="--")
+    for i in sorted(np.nonzero(known)[0], key=lambda i: -abs(y[i]))[:labels]:
+        ax.annotate(names[i], (x[i], y[i]), fontsize=7, xytext=(3, 3),
+                    textcoords="offset points")
+    method = {"ig": f"integrated gradients, {section.get('steps')} steps",
+              "grad": "gradient at the clean model"}.get(section.get("method"), "estimate")
+    ax.set_xlabel(f"screening estimate ({method})")
+    ax.set_ylabel(_effect_label(result))
+    rho = section.get("spearman_all")
+    rho = section.get("spearman_top_k") if rho is None else rho
+    ax.set_title(_title(result, "screening vs exact")
+                 + (f"\nSpearman {float(rho):.2f}" if rho is not None else ""), fontsize=9)
+    ax.legend(fontsize=7)
     return _save(fig, path)
 
 
@@ -334,6 +382,7 @@ def plot_all(result: Mapping[str, Any], folder: str | os.PathLike) -> dict[str, 
     """
     folder = Path(folder)
     makers = {"single_heads": plot_single_heads, "single_layers": plot_single_layers,
+              "screening": plot_screening,
               "cumulative": plot_cumulative, "interactions": plot_interactions,
               "ablation_types": plot_ablation_types}
     written = {}

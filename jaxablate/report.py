@@ -5,6 +5,8 @@ summary and the figures.
         study.json                the whole result dict (strict JSON: NaN/inf become null)
         single.csv/.parquet       one row per component, ranked: effect, sem, 95% CI, flags
         per_example.parquet       long format: component, example, effect
+        screening.csv/.parquet    one row per component: screening estimate, exact effect
+                                  where verified, difference, fails (when present)
         cumulative.csv            metric per number ablated (when the study ran that step)
         interactions.csv          one row per pair (when present)
         ablation_comparison.csv   effects and verdicts per ablation type (when present)
@@ -12,7 +14,8 @@ summary and the figures.
         *.png                     the figures of `jaxablate.plots` (unless plots=False)
 
 `result` is `StudyResult.to_dict()` (or the StudyResult itself): "meta", "baseline" and
-"single" are required; "cumulative", "circuit", "interactions" and "ablation_comparison" may
+"single" are required; "screening", "cumulative", "circuit", "interactions" and
+"ablation_comparison" may
 be missing or None (the step was skipped), and their files are then not written. pandas (and
 pyarrow for Parquet) and matplotlib are imported only here: `pip install jaxablate[report]`.
 
@@ -118,6 +121,31 @@ def cumulative_frame(result: Mapping[str, Any]) -> Any:
         frame["last_ablated"] = [order[n - 1] if n is not pd.NA and 0 < n <= len(order) else ""
                                for n in frame["n_ablated"]]
     return frame
+
+
+SCREENING_COLUMNS = ("component", "screen_rank", "estimate", "estimate_sem", "verified",
+                     "exact", "difference", "fails")
+
+
+def screening_frame(result: Mapping[str, Any]) -> Any:
+    """pandas DataFrame, one row per component in screen-rank order: estimate (± s.e.m.),
+    whether it was verified, the exact effect (every component's when the study ran its
+    single step, else the verified ones'), difference and fails."""
+    import pandas as pd
+
+    section = result["screening"]
+    exact = section.get("exact_all") or section.get("exact")
+    columns = {"component": [str(n) for n in section.get("components") or []],
+               "screen_rank": section.get("screen_rank"), "estimate": section.get("estimate"),
+               "estimate_sem": section.get("estimate_sem"),
+               "verified": section.get("verified"), "exact": exact}
+    _check_lengths("screening", columns)
+    frame = pd.DataFrame(jsonable(columns))
+    frame["exact"] = frame["exact"].astype("float64")
+    frame["difference"] = frame["estimate"] - frame["exact"]
+    frame["fails"] = [bool(v) for v in section.get("fails") or [False] * len(frame)]
+    frame["screen_rank"] = frame["screen_rank"].astype("Int64")
+    return frame.sort_values("screen_rank", kind="stable").reset_index(drop=True)
 
 
 def interactions_frame(result: Mapping[str, Any]) -> Any:
@@ -399,13 +427,61 @@ def _ablation_types(result: Mapping[str, Any], figures: Mapping[str, str]) -> li
     return lines
 
 
+def _screening(result: Mapping[str, Any], figures: Mapping[str, str]) -> list[str]:
+    section = result.get("screening")
+    lines = ["", "## Gradient screening", ""]
+    if not section:
+        return lines + ["Not run."]
+    method = {"ig": f"integrated gradients ({section.get('steps')} steps)",
+              "grad": "gradient at the clean model"}.get(section.get("method"),
+                                                          str(section.get("method")))
+    n = len(section.get("components") or [])
+    seconds = section.get("seconds") or {}
+    lines.append(f"Every one of the {n} components scored by {method} of the metric with "
+                 f"respect to its keep-weight in {_num(seconds.get('screening'), 3)} s; the "
+                 f"top {section.get('top_k')} by |estimate| verified by exact ablation "
+                 f"({section.get('verified_from', 'sweep')}).")
+    rows = [("Spearman ρ, verified top-k", section.get("spearman_top_k"))]
+    if section.get("spearman_all") is not None:
+        rows.append(("Spearman ρ, every component", section["spearman_all"]))
+    if section.get("precision_at_k") is not None:
+        rows.append(("precision at k (by |effect|)", section["precision_at_k"]))
+    found = section.get("critical_found")
+    if found:
+        rows.append(("critical components in the top k", f"{found['found']} of {found['total']}"))
+    complete = section.get("completeness")
+    if complete:
+        rows.append(("IG completeness: Σ estimates vs joint effect",
+                     f"{_num(complete.get('sum_of_estimates'))} vs "
+                     f"{_num(complete.get('effect_all_ablated'))}"))
+    lines += [""] + _table(["agreement", "value"], rows, "lr")
+    records = section.get("records") or []
+    if records:
+        lines += ["", "Verified components (screen order):", ""]
+        lines += _table(["screen rank", "component", "estimate", "exact effect ± s.e.m.",
+                         "difference", "fails"],
+                        [(r.get("screen_rank"), f"`{r.get('component')}`", r.get("estimate"),
+                          f"{_num(r.get('exact'))} ± {_num(r.get('exact_sem'))}",
+                          r.get("difference"), r.get("fails")) for r in records], "rlrrrl")
+    failures = section.get("failures") or []
+    lines += ["", (f"The estimate fails for {', '.join(f'`{c}`' for c in failures)}."
+                   if failures else "The estimate holds for every verified component.")
+              + f" Rule: {section.get('rule', '')}."]
+    if section.get("note"):
+        lines.append(f"Note: {section['note']}.")
+    if "screening" in figures:
+        lines += ["", f"![Screening estimate vs exact effect]({figures['screening']})"]
+    return lines
+
+
 def summary_markdown(result: Any, figures: Mapping[str, str] | None = None,
                      files: Sequence[str] = (), top: int = 15) -> str:
     """The Markdown summary of a study result dict; `figures` maps plot names (as in
     `jaxablate.plots.FIGURES`) to relative paths to link, `files` lists the data files."""
     result = _as_dict(result)
     figures = figures or {}
-    lines = _header(result) + _single(result, top, figures) + _cumulative(result, figures)
+    lines = _header(result) + _single(result, top, figures) + _screening(result, figures)
+    lines += _cumulative(result, figures)
     lines += _circuit(result) + _interactions(result, figures) + _ablation_types(result, figures)
     if files:
         lines += ["", "## Files", ""] + [f"- [{name}]({name})" for name in files]
@@ -440,6 +516,11 @@ def write_report(result: Any, folder: str | os.PathLike, *, plots: bool = True,
     single.to_parquet(folder / "single.parquet", index=False)
     per_example_frame(result).to_parquet(folder / "per_example.parquet", index=False)
     files += ["single.csv", "single.parquet", "per_example.parquet"]
+    if result.get("screening"):
+        screening = screening_frame(result)
+        screening.to_csv(folder / "screening.csv", index=False)
+        screening.to_parquet(folder / "screening.parquet", index=False)
+        files += ["screening.csv", "screening.parquet"]
     for name, make in (("cumulative", cumulative_frame), ("interactions", interactions_frame),
                        ("ablation_comparison", ablation_comparison_frame)):
         if result.get(name):

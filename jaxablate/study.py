@@ -36,6 +36,9 @@ interactions  interaction = joint effect - effect(a) - effect(b) over the top-k 
             (default: every head when only heads are studied and there are <= 200, else the
             top 20 by effect), listed in study order. Backup candidate: neither single ablation is measurable (both
             CIs contain 0) but the joint effect is (its CI lies above 0).
+screening   gradient screening of every component (`jaxablate.attribute`, "ig" by default),
+            then the top-k verified by exact ablation: Spearman, precision at k, failures
+            (definitions in `jaxablate.screening`).
 comparison  the single study under several ablation types; resample = the mean over
             `resample_draws` draws (keys from `jax.random.split`), per example; Spearman
             correlation of effects (average ranks for ties); components whose verdict differs
@@ -63,20 +66,23 @@ from jaxtyping import Float
 
 from jaxablate import masks as masks_lib
 from jaxablate.components import parse_component
-from jaxablate.engine import clean_metric, planned_chunk_size, sweep
+from jaxablate.engine import check_chunk_size, clean_metric, planned_chunk_size, sweep
 from jaxablate.masks import MaskSet
 from jaxablate.metrics import Metric
 from jaxablate.model import GPT2
 from jaxablate.replacement import Replacement
 from jaxablate.replacements import mean_replacement, resample_replacement, zero_replacement
+from jaxablate.screening import screen_and_verify
 from jaxablate.stats import (CI_LEVEL, CLIFF_RULE, Effects, bootstrap_counts, effect_stats,
                              find_cliff, interaction_table, rankdata, spearman)
+from jaxablate.store import ResultsStore, masks_digest
 from jaxablate.tasks.base import Task
 from jaxablate.validation import check_tokens
 
 ABLATIONS = ("zero", "mean", "resample")
 KINDS = {"heads": "head", "mlps": "mlp", "neurons": "neuron"}  # study kind -> report kind
-STEPS = ("baseline", "single", "cumulative", "circuit", "interactions", "ablation_comparison")
+STEPS = ("baseline", "single", "screening", "cumulative", "circuit", "interactions",
+         "ablation_comparison")
 DEFAULT_FRACTIONS = tuple(round(0.1 * i, 1) for i in range(1, 11))
 THRESHOLD_FRACTION = 0.1
 
@@ -128,6 +134,14 @@ def _check_types(types: Sequence[str]) -> tuple[str, ...]:
     return types
 
 
+def _check_screening(method: Any, steps: Any, top_k: Any, n: int) -> None:
+    if method not in ("grad", "ig"):
+        raise ValueError(f"screen_method must be 'grad' or 'ig', got {method!r}")
+    _check_int(steps, "screen_steps", 1)
+    if top_k is not None and _check_int(top_k, "screen_top_k", 1) > n:
+        raise ValueError(f"screen_top_k must be <= the {n} components studied, got {top_k}")
+
+
 def _check_kinds(components: Any) -> tuple[str, ...]:
     given = (components,) if isinstance(components, str) else tuple(components)
     plural = {v: k for k, v in KINDS.items()}
@@ -153,6 +167,10 @@ class Study:
     (neurons of `neuron_layers` only, default all). threshold: the critical effect (default
     10% of |baseline|). progress(step, done, total) is called after every sweep chunk.
     Results of each step are cached; `run()` returns all of them as a `StudyResult`.
+    store: a folder (or `jaxablate.store.ResultsStore`) where every sweep is committed chunk
+    by chunk: a study run again with the same inputs resumes from it, one with other inputs
+    is refused (`StoreMismatchError`) unless `overwrite=True` empties it first.
+    chunk_size: masks per compiled call (default: planned from the single-component set).
 
     Example:
         >>> study = Study(model, tasks.induction(64, vocab=model.cfg.d_vocab), ablation="mean")
@@ -165,7 +183,8 @@ class Study:
                  neuron_layers: Sequence[int] | None = None, threshold: float | int | None = None,
                  seed: int = 0, n_bootstrap: int = 1000, resample_draws: int = 5,
                  progress: Callable[[str, int, int], None] | None = None,
-                 model_name: str | None = None):
+                 model_name: str | None = None, store: Any = None, overwrite: bool = False,
+                 chunk_size: int | None = None):
         if not isinstance(model, GPT2):
             raise TypeError(f"model: expected a jaxablate GPT2 (load_gpt2), got "
                             f"{type(model).__name__}")
@@ -199,7 +218,10 @@ class Study:
         if batch < 2:
             raise ValueError(f"a study needs at least 2 prompts (standard errors, bootstrap, "
                              f"resampling), got {batch}")
-        metric.prepare(self.tokens, model.cfg)  # checks answer ids and positions on the host
+        # checks answer ids and positions on the host
+        n_read = metric.prepare(self.tokens, model.cfg)[0].shape[1]
+        if chunk_size is not None:
+            chunk_size = check_chunk_size(model, batch, seq, n_read, chunk_size)
         if reference is None:
             reference = None if task is None else task.reference
         self.reference = (self.tokens if reference is None
@@ -221,7 +243,12 @@ class Study:
         self._parsed = {name: parse_component(name) for name in self.names}
         self._counts = bootstrap_counts(batch, self.n_bootstrap, self.seed)
         self._cache: dict[Any, Any] = {}
-        self._chunk: int | None = None
+        self._chunk: int | None = chunk_size
+        if store is not None and not isinstance(store, ResultsStore):
+            store = ResultsStore(store, overwrite=overwrite)
+        elif store is not None and overwrite:
+            store.clear()
+        self.store: ResultsStore | None = store
 
     # -- plumbing -----------------------------------------------------------------------------
 
@@ -270,8 +297,17 @@ class Study:
         chunk = min(self._chunk, len(mask_set))
         report = None if self.progress is None else (
             lambda done, total: self.progress(step, done, total))
-        out = [sweep(self.model, self.tokens, mask_set, r, self.metric, chunk, progress=report,
-                     reuse_prefix=reuse_prefix) for r in self._replacements(ablation)]
+        if self.store is None:
+            out = [sweep(self.model, self.tokens, mask_set, r, self.metric, chunk,
+                         progress=report, reuse_prefix=reuse_prefix)
+                   for r in self._replacements(ablation)]
+        else:  # one stored sweep per draw, keyed by what it computes
+            tag = masks_digest(mask_set)[:12]
+            out = [self.store.sweep(self.model, self.tokens, mask_set, r, self.metric, chunk,
+                                    key=f"{step}-{ablation}-d{d}-{tag}", seed=self.seed,
+                                    ablation=ablation, progress=report,
+                                    reuse_prefix=reuse_prefix)
+                   for d, r in enumerate(self._replacements(ablation))]
         return np.stack(out).astype(np.float64)[:, :n]
 
     def _effect(self, ablated: Float[np.ndarray, "n batch"]) -> Float[np.ndarray, "n batch"]:
@@ -422,6 +458,16 @@ class Study:
         matrix, records = interaction_table(names, e.mean[chosen], e.no_effect[chosen], joint)
         return _json({"components": names, "matrix": matrix, "pairs": records})
 
+    def screen(self, method: str = "ig", steps: int = 16, top_k: int | None = None
+               ) -> dict[str, Any]:
+        """Score every component by gradients of the mask, verify the top-k exactly; see
+        `jaxablate.screening.screen_and_verify` (exact effects come from `single()` when it
+        has run, else from a sweep of the top-k alone)."""
+        _check_screening(method, steps, top_k, len(self.names))
+        have_all = ("single", self.ablation) in self._cache  # the section differs with it
+        return self._cached(("screening", method, steps, top_k, have_all), lambda: _json(
+            screen_and_verify(self, method, steps, top_k)))
+
     def compare_ablations(self, types: Sequence[str] = ABLATIONS) -> dict[str, Any]:
         """The single study under each ablation type: effects, Spearman correlations, verdict
         changes; resample effects are means over draws, with their std over draws."""
@@ -444,8 +490,12 @@ class Study:
 
     def run(self, *, fractions: Sequence[float] = DEFAULT_FRACTIONS, target: float | int = 0.8,
             top_k: int | None = None, types: Sequence[str] = ABLATIONS,
-            steps: Sequence[str] = STEPS) -> "StudyResult":
-        """Every step (or those in `steps`; skipped ones are None) as a `StudyResult`."""
+            steps: Sequence[str] = STEPS, screen_method: str = "ig", screen_steps: int = 16,
+            screen_top_k: int | None = None) -> "StudyResult":
+        """Every step (or those in `steps`; skipped ones are None) as a `StudyResult`.
+
+        screen_method, screen_steps, screen_top_k: the screening step's `method`, `steps`
+        and `top_k` (see `screen`)."""
         bad = [s for s in steps if s not in STEPS]
         if bad:
             raise ValueError(f"unknown steps {bad}; known: {STEPS}")
@@ -453,7 +503,9 @@ class Study:
         _check_target(target)
         _check_types(types)
         self._top_k(top_k)
+        _check_screening(screen_method, screen_steps, screen_top_k, len(self.names))
         calls = {"baseline": self.baseline, "single": self.single,
+                 "screening": lambda: self.screen(screen_method, screen_steps, screen_top_k),
                  "cumulative": lambda: self.cumulative(fractions),
                  "circuit": lambda: self.minimal_circuit(target),
                  "interactions": lambda: self.interactions(top_k),
@@ -466,7 +518,8 @@ class Study:
             seconds[step] = time.perf_counter() - start
         seconds["total"] = sum(seconds.values())
         return StudyResult(meta=self.meta(seconds), baseline=out["baseline"],
-                           single=out["single"], cumulative=out.get("cumulative"),
+                           single=out["single"], screening=out.get("screening"),
+                           cumulative=out.get("cumulative"),
                            circuit=out.get("circuit"), interactions=out.get("interactions"),
                            ablation_comparison=out.get("ablation_comparison"))
 
@@ -503,6 +556,7 @@ class StudyResult:
     meta: dict[str, Any]
     baseline: dict[str, Any]
     single: list[dict[str, Any]]
+    screening: dict[str, Any] | None = None
     cumulative: dict[str, Any] | None = None
     circuit: dict[str, Any] | None = None
     interactions: dict[str, Any] | None = None

@@ -16,7 +16,8 @@ from jaxablate.cli import ProgressBars, main
 
 STUDY_OPTIONS = ("--model", "--task", "--prompts", "--tokenizer", "--template", "--n-prompts",
                  "--ablation", "--components", "--neuron-layers", "--seed", "--threshold",
-                 "--out", "--json", "--no-plots", "--top", "--quiet", "--no-cache")
+                 "--out", "--json", "--no-plots", "--top", "--quiet", "--no-cache", "--screen",
+                 "--ig-steps", "--screen-top-k")
 
 
 class FakeResult:
@@ -95,6 +96,8 @@ def test_help_names_the_command_and_its_options(capsys):
     (["study", "--ablation", "half"], "invalid choice: 'half'"),
     (["study", "--neuron-layers", "a,b"], "comma-separated layer numbers"),
     (["study", "--skip", "everything"], "unknown step 'everything'"),
+    (["study", "--screen", "shap"], "invalid choice: 'shap'"),
+    (["study", "--ig-steps", "0"], "expected a number >= 1"),
     (["study", "--target", "1.5"], "fraction in (0, 1]"),
     (["study", "--prompts", "no-such-file.jsonl"], "no such file"),
     (["study", "--prompts", "{prompts}", "--task", "ioi"], "--prompts replaces --task"),
@@ -147,7 +150,8 @@ def test_study_options_reach_the_study_and_the_report(tmp_path, tiny_dir, fake_s
     argv = ["study", "--model", str(tiny_dir), "--n-prompts", "8", "--ablation", "zero",
             "--components", "heads,mlp,neurons", "--neuron-layers", "1", "--threshold", "0.5",
             "--seed", "3", "--top", "5", "--out", str(out), "--no-cache", "--target", "0.9",
-            "--interaction-top-k", "3", "--skip", "interactions,comparison"]
+            "--interaction-top-k", "3", "--skip", "interactions,comparison", "--screen",
+            "grad", "--ig-steps", "4", "--screen-top-k", "6"]
     assert main(argv) == 0
     (model, task, kwargs), = fake_study.calls
     assert model.cfg.n_layers == 2 and task.name == "induction" and len(task) == 8
@@ -158,7 +162,9 @@ def test_study_options_reach_the_study_and_the_report(tmp_path, tiny_dir, fake_s
         "neuron_layers": (1,), "threshold": 0.5, "seed": 3}
     assert callable(kwargs["progress"]) and kwargs["model_name"] == str(tiny_dir)
     assert kwargs["run"] == {"target": 0.9, "top_k": 3,
-                             "steps": ("baseline", "single", "cumulative", "circuit")}
+                             "steps": ("baseline", "single", "screening", "cumulative",
+                                       "circuit"),
+                             "screen_method": "grad", "screen_steps": 4, "screen_top_k": 6}
     captured = capsys.readouterr()
     assert "RANKED TABLE top 5" in captured.out and "model: " in captured.out
     assert "summary.md" in captured.out
@@ -209,10 +215,13 @@ def test_end_to_end_on_the_tiny_model(tmp_path, tiny_dir, capsys):
                                                      for h in range(4)]
     assert data["meta"]["n_prompts"] == 8 and data["meta"]["ablation"] == "mean"
     for name in ("single.csv", "single.parquet", "per_example.parquet", "summary.md",
-                 "single_heads.png"):
+                 "single_heads.png", "screening.csv", "screening.parquet", "screening.png"):
         assert (out / name).is_file(), name
     text = (out / "summary.md").read_text()
     assert "clean baseline" in text and heads[0]["component"] in text
+    screening = data["screening"]
+    assert screening["method"] == "ig" and screening["steps"] == 16
+    assert screening["top_k"] == 8 and "## Gradient screening" in text
 
 
 def test_end_to_end_on_your_own_prompts(tmp_path, gpt2_vocab_dir, tokenizer_dir, capsys):
@@ -221,13 +230,14 @@ def test_end_to_end_on_your_own_prompts(tmp_path, gpt2_vocab_dir, tokenizer_dir,
     argv = ["study", "--model", str(gpt2_vocab_dir), "--prompts",
             str(write_prompts(tmp_path / "p.jsonl")), "--tokenizer", str(tokenizer_dir),
             "--ablation", "zero", "--components", "heads,mlps", "--skip",
-            "interactions,comparison", "--out", str(out), "--no-plots", "--quiet",
+            "interactions,comparison,screening", "--out", str(out), "--no-plots", "--quiet",
             "--no-cache"]
     assert main(argv) == 0
     printed = capsys.readouterr().out
     data = json.loads((out / "study.json").read_text())
     assert data["meta"]["metric"] == "logit_diff" and data["meta"]["ablation"] == "zero"
     assert len(data["single"]) == 2 * 4 + 2 and data["interactions"] is None
+    assert data["screening"] is None and not (out / "screening.csv").exists()
     top = min(data["single"], key=lambda r: r["rank"])
     assert top["component"] in printed and "report:" in printed
     assert (out / "cumulative.csv").is_file() and not (out / "interactions.csv").exists()

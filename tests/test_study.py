@@ -453,8 +453,8 @@ def test_to_dict_schema_is_json(result):
     d = result.to_dict()
     text = json.dumps(d, allow_nan=False)
     assert json.loads(text) == d
-    assert set(d) == {"meta", "baseline", "single", "cumulative", "circuit", "interactions",
-                      "ablation_comparison"}
+    assert set(d) == {"meta", "baseline", "single", "screening", "cumulative", "circuit",
+                      "interactions", "ablation_comparison"}
     meta = d["meta"]
     for key in ("model", "model_config", "task", "ablation", "metric", "higher_is_better",
                 "seed", "n_prompts", "seq_len", "components", "threshold", "threshold_rule",
@@ -465,8 +465,8 @@ def test_to_dict_schema_is_json(result):
     assert (meta["n_prompts"], meta["seq_len"]) == (12, 2 * HALF)
     assert meta["model_config"]["n_heads"] == 4
     assert set(meta["versions"]) == {"jaxablate", "jax", "numpy"}
-    assert {"single", "cumulative", "circuit", "interactions", "ablation_comparison",
-            "total"} <= set(meta["seconds"])
+    assert {"single", "screening", "cumulative", "circuit", "interactions",
+            "ablation_comparison", "total"} <= set(meta["seconds"])
     assert set(d["single"][0]) == {"component", "kind", "layer", "index", "effect", "sem",
                                    "ci_low", "ci_high", "rank", "critical", "negative",
                                    "no_effect", "per_example"}
@@ -477,6 +477,10 @@ def test_to_dict_schema_is_json(result):
     assert {"components", "matrix", "pairs"} == set(d["interactions"])
     assert {"types", "effects", "components", "resample_std", "spearman", "verdicts",
             "changed"} == set(d["ablation_comparison"])
+    assert {"method", "steps", "top_k", "components", "estimate", "estimate_sem",
+            "screen_rank", "exact", "exact_all", "verified", "fails", "failures", "records",
+            "spearman_top_k", "spearman_all", "precision_at_k", "critical_found",
+            "completeness", "rule", "note", "seconds", "verified_from"} == set(d["screening"])
 
 
 def test_table_lists_the_top_k_by_rank(result):
@@ -492,6 +496,7 @@ def test_table_lists_the_top_k_by_rank(result):
 def test_run_can_skip_steps(induction_study):
     partial = induction_study.run(steps=("baseline", "single", "cumulative"))
     assert partial.circuit is None and partial.interactions is None
+    assert partial.screening is None
     assert partial.cumulative is not None and partial.to_dict()["circuit"] is None
 
 
@@ -569,3 +574,11 @@ def test_method_argument_validation(tiny_model, induction_task, no_compute):
         study.minimal_circuit(0.8, max_size=0)
     with pytest.raises(ValueError, match="top_k must be <= the 8 components"):
         study.run(top_k=9)
+    with pytest.raises(ValueError, match="screen_method must be 'grad' or 'ig'"):
+        study.screen("shap")
+    with pytest.raises(ValueError, match="screen_steps must be an int >= 1"):
+        study.run(screen_steps=0)
+    with pytest.raises(ValueError, match="screen_top_k must be <= the 8 components"):
+        study.screen("ig", 16, top_k=9)
+    with pytest.raises(ValueError, match="screen_top_k must be an int >= 1"):
+        study.run(screen_top_k=0)
