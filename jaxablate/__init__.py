@@ -11,7 +11,7 @@ Example:
 from jaxablate import masks, metrics, report, tasks
 from jaxablate.components import Component, parse_component
 from jaxablate.config import GPT2Config
-from jaxablate.engine import clean_metric, planned_chunk_size, sweep
+from jaxablate.engine import NonFiniteMetricError, clean_metric, planned_chunk_size, sweep
 from jaxablate.forward import Cache, attach_sae, forward, run_with_cache
 from jaxablate.loading import load_gpt2
 from jaxablate.mask import Mask
@@ -22,6 +22,7 @@ from jaxablate.replacement import Replacement
 from jaxablate.replacements import mean_replacement, resample_replacement, zero_replacement
 from jaxablate.sae import SAE
 from jaxablate.saving import save_gpt2
+from jaxablate.store import ResultsStore, StoreMismatchError
 from jaxablate.study import Study, StudyResult
 from jaxablate.tasks import Task
 from jaxablate.tokenizer import load_tokenizer
@@ -34,9 +35,12 @@ __all__ = [
     "GPT2Config",
     "Mask",
     "MaskSet",
+    "NonFiniteMetricError",
     "Replacement",
+    "ResultsStore",
     "SAE",
     "Study",
+    "StoreMismatchError",
     "StudyResult",
     "attach_sae",
     "attention_scores",

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import numbers
+import os
 from collections.abc import Callable
 from typing import Any
 
@@ -49,7 +50,8 @@ def as_mask_set(masks: Any, model: GPT2, seq_len: int) -> MaskSet:
                         f"got {type(masks).__name__}")
     if masks.cfg != model.cfg:
         raise ValueError(f"masks were built for another model ({masks.cfg}) than this one "
-                         f"({model.cfg})")
+                         f"({model.cfg}); build them from this model's config, e.g. "
+                         "masks.single_heads(model.cfg)")
     if masks.seq_len is not None and masks.seq_len != seq_len:
         raise ValueError(f"masks were built for sequence length {masks.seq_len}, the prompts "
                          f"have length {seq_len}")
@@ -77,6 +79,80 @@ def default_chunk_size(model: GPT2, batch: int, seq_len: int, n_read: int, n_mas
     """
     per_mask = batch * bytes_per_example(model, seq_len, n_read)
     return int(max(1, min(n_masks, _budget(memory_budget) // per_mask)))
+
+
+def device_memory() -> int:
+    """Bytes of memory of the default device: an accelerator's limit, else the host's RAM."""
+    device = jax.devices()[0]
+    stats = device.memory_stats() if device.platform != "cpu" else None
+    if stats and "bytes_limit" in stats:
+        return int(stats["bytes_limit"])
+    try:
+        return int(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
+    except (AttributeError, ValueError, OSError):  # not POSIX: no up-front check
+        return 1 << 62
+
+
+def _size(n: int | float) -> str:
+    """Bytes in readable units: "1.5 GiB"."""
+    for unit in ("bytes", "KiB", "MiB", "GiB", "TiB"):
+        if n < 1024 or unit == "TiB":
+            return f"{n:.3g} {unit}"
+        n /= 1024
+    return ""
+
+
+def check_chunk_size(model: GPT2, batch: int, seq: int, n_read: int, chunk_size: Any,
+                     memory_budget: int | None = None, what: str = "chunk_size") -> int:
+    """An explicit chunk size as an int, refused up front when its activations cannot fit:
+    more than `memory_budget` bytes when given, else more than the device's memory (an
+    accelerator's limit, the host's RAM on CPU). `what` names the option in messages.
+
+    Example:
+        >>> check_chunk_size(model, 8, 16, 1, 10**6)     # GPT-2 small on a 16 GiB GPU
+        ValueError: chunk_size 1000000 needs about 13.2 TiB of activations ...
+    """
+    if isinstance(chunk_size, bool) or not isinstance(chunk_size, numbers.Integral) \
+            or chunk_size < 1:
+        raise ValueError(f"{what} must be a positive int, got {chunk_size!r}")
+    per_mask = batch * bytes_per_example(model, seq, n_read)
+    limit = _budget(memory_budget) if memory_budget is not None else device_memory()
+    if int(chunk_size) * per_mask > limit:
+        where = ("the memory budget" if memory_budget is not None
+                 else f"the memory of this {jax.devices()[0].platform.upper()} device")
+        raise ValueError(
+            f"{what} {int(chunk_size)} needs about {_size(int(chunk_size) * per_mask)} of "
+            f"activations ({batch} prompts x {seq} tokens per mask), more than the "
+            f"{_size(limit)} of {where}; pass {what} <= {max(1, limit // per_mask)}, or leave "
+            "it out to have one chosen within the memory budget")
+    return int(chunk_size)
+
+
+class NonFiniteMetricError(ValueError):
+    """The metric came out NaN or inf for some masks (an overflow, not a bad argument).
+
+    Attributes: names (the masks that produced it, by `MaskSet.names`), values (the whole
+    `[N, batch]` result, non-finite entries included), bad (bool `[N, batch]`).
+    """
+
+    def __init__(self, names: list[str], values: np.ndarray, offset: int = 0,
+                 where: str = ""):
+        # values: [n, batch] of the masks names[offset:offset + n]
+        bad = ~np.isfinite(values)
+        rows = [int(i) for i in np.nonzero(bad.any(1))[0]]
+        self.names = [names[offset + i] for i in rows]
+        self.values, self.bad = values, bad
+
+        def examples(i: int) -> str:
+            which = np.nonzero(bad[i])[0]
+            return ", ".join(str(e) for e in which[:4]) + (", ..." if len(which) > 4 else "")
+
+        shown = ", ".join(f"{names[offset + i]} (examples {examples(i)})" for i in rows[:5])
+        more = f" and {len(rows) - 5} more" if len(rows) > 5 else ""
+        super().__init__(
+            f"the metric is NaN or inf under {len(rows)} mask{'s' * (len(rows) != 1)}: "
+            f"{shown}{more}{where}; look for values large enough to overflow in the weights "
+            "or the replacement (a bfloat16 model: try dtype='float32')")
 
 
 def _budget(memory_budget: int | None) -> int:
@@ -284,6 +360,7 @@ def sweep(
     progress: Callable[[int, int], None] | None = None,
     reuse_prefix: bool = True,
     memory_budget: int | None = None,
+    store: Any = None,
 ) -> Float[np.ndarray, "n batch"]:
     """The metric under each of N ablations, per example: numpy float32 `[N, batch]`.
 
@@ -292,12 +369,23 @@ def sweep(
     from `jaxablate.metrics`. chunk_size: masks per compiled call (default: the size
     of least estimated cost that fits `memory_budget` bytes, see `jaxablate.schedule`). progress(done, total) is called after every chunk.
     reuse_prefix=False runs every mask from layer 0 (slower; same numbers up to rounding).
+    store: a folder (or `jaxablate.store.ResultsStore`): results are committed there chunk
+    by chunk and the same call again resumes, computing only the missing chunks; a store
+    made by other inputs is refused (see `jaxablate.store`).
+    Raises `NonFiniteMetricError` (a ValueError) naming the masks whose metric is NaN or inf.
 
     Example:
         >>> out = sweep(model, tokens, masks.single_heads(model.cfg),
         ...             mean_replacement(model, abc_tokens), metrics.logit_diff(io, s))
         >>> effect = clean_metric[None, :] - out            # [144, batch]
     """
+    if store is not None:
+        from jaxablate.store import ResultsStore
+
+        store = store if isinstance(store, ResultsStore) else ResultsStore(store)
+        return store.sweep(model, tokens, masks, replacement, metric, chunk_size,
+                           progress=progress, reuse_prefix=reuse_prefix,
+                           memory_budget=memory_budget)
     if not isinstance(metric, Metric):
         raise TypeError(f"metric: expected one of jaxablate.metrics (logit_diff, accuracy, "
                         f"prob, loss, kl_to_clean), got {type(metric).__name__}")
@@ -308,10 +396,9 @@ def sweep(
     check_replacement(replacement, mask_set.kinds, model.cfg, seq, batch, n_features)
     positions, data = metric.prepare(tokens, model.cfg)
     n = len(mask_set)
-    if chunk_size is not None and (isinstance(chunk_size, bool)
-                                   or not isinstance(chunk_size, numbers.Integral)
-                                   or chunk_size < 1):
-        raise ValueError(f"chunk_size must be a positive int, got {chunk_size!r}")
+    if chunk_size is not None:
+        chunk_size = check_chunk_size(model, batch, seq, positions.shape[1], chunk_size,
+                                      memory_budget)
     plan = _schedule(model, mask_set, batch, seq, positions.shape[1], metric, chunk_size,
                      memory_budget, reuse_prefix)
     first, last, parents, parent_of = plan.first, plan.last, plan.parents, plan.parent_of
@@ -367,7 +454,10 @@ def sweep(
             x0 = traj_resid[rows, :, start]
             att = None if traj_att is None else at_layer(traj_att, start, rows)
             run(idx, start, _pad(x0, chunk_size, 0.0), _pad(att, chunk_size, 0.0))
+    if not np.isfinite(out).all():
+        raise NonFiniteMetricError(mask_set.names, out)
     return out
+
 
 def clean_metric(model: GPT2, tokens: Any, metric: Metric) -> Float[np.ndarray, " batch"]:
     """The metric without ablation, per example: numpy `[batch]`.

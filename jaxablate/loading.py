@@ -93,7 +93,8 @@ def build_model(
             )
         array = array.astype(np.float32)
         if not np.isfinite(array).all():
-            raise ValueError(f"tensor {canonical[name]} contains NaN or inf")
+            raise ValueError(f"tensor {canonical[name]} contains NaN or inf; the checkpoint "
+                             "is damaged: download or convert it again")
         return array
 
     target = DTYPES[dtype]

@@ -57,7 +57,7 @@ class MaskSet:
         self.kinds = tuple(k for k in KINDS if k in entries)
         self.names = list(names)
         if not self.names:
-            raise ValueError("masks: the mask set is empty")
+            raise ValueError("masks: the mask set is empty; give at least one mask")
 
     def __len__(self) -> int:
         return len(self.names)

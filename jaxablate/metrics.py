@@ -36,7 +36,8 @@ def _ids(values: Any, batch: int, cfg: GPT2Config, what: str) -> np.ndarray:
     if array.shape != (batch,):
         raise ValueError(f"{what}: expected ids [batch] = [{batch}], got shape {array.shape}")
     if array.min() < 0 or array.max() >= cfg.d_vocab:
-        raise ValueError(f"{what}: id outside the vocabulary [0, {cfg.d_vocab})")
+        raise ValueError(f"{what}: id outside the vocabulary [0, {cfg.d_vocab}); were the "
+                         "answers tokenized for another model?")
     return array.astype(np.int32)
 
 

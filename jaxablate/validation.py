@@ -28,7 +28,8 @@ def check_tokens(tokens: Any, cfg: GPT2Config) -> np.ndarray:
     """
     array = np.asarray(tokens)
     if array.dtype == bool or not np.issubdtype(array.dtype, np.integer):
-        raise ValueError(f"tokens: expected integer token ids, got dtype {array.dtype}")
+        raise ValueError(f"tokens: expected integer token ids, got dtype {array.dtype}; pass "
+                         "the tokenizer's ids (e.g. tokens.astype(np.int32))")
     if array.ndim != 2:
         hint = " (wrap one sequence as tokens[None])" if array.ndim == 1 else ""
         raise ValueError(f"tokens: expected int [batch, seq], got shape {array.shape}{hint}")
@@ -36,7 +37,8 @@ def check_tokens(tokens: Any, cfg: GPT2Config) -> np.ndarray:
     if batch == 0 or seq == 0:
         raise ValueError(f"tokens: expected a non-empty [batch, seq], got shape {array.shape}")
     if seq > cfg.n_ctx:
-        raise ValueError(f"tokens: sequence length {seq} exceeds the model's n_ctx {cfg.n_ctx}")
+        raise ValueError(f"tokens: sequence length {seq} exceeds the model's n_ctx {cfg.n_ctx}; "
+                         f"shorten the prompts to at most {cfg.n_ctx} tokens")
     low, high = int(array.min()), int(array.max())
     if low < 0 or high >= cfg.d_vocab:
         bad = low if low < 0 else high
@@ -71,7 +73,8 @@ def check_positions(positions: Any, batch: int, seq: int, what: str = "positions
                          f"got shape {array.shape}")
     if array.size and (array.min() < -seq or array.max() >= seq):
         raise ValueError(f"{what}: position out of range for sequence length {seq} "
-                         f"(got values from {array.min()} to {array.max()})")
+                         f"(got values from {array.min()} to {array.max()}); positions must lie "
+                         f"in [-{seq}, {seq})")
     return (array % seq).astype(np.int32)
 
 
@@ -151,7 +154,9 @@ def check_replacement(
         field = FIELD_FOR_KIND[kind]
         value = getattr(replacement, field)
         if value is None:
-            raise ValueError(f"replacement has no {field!r} values, needed to ablate {kind}")
+            raise ValueError(f"replacement has no {field!r} values, needed to ablate {kind}; "
+                             "zero_replacement, mean_replacement and resample_replacement fill "
+                             "every field")
         shape = np.shape(value)
         if replacement.per_example:
             if not shape or shape[0] != batch:
@@ -169,4 +174,5 @@ def check_replacement(
             raise ValueError(f"replacement.{field}: expected {shown} with seq={seq_len}, "
                              f"got {list(shape)} (built for another model or sequence length?)")
         if not np.isfinite(np.asarray(value)).all():
-            raise ValueError(f"replacement.{field} contains NaN or inf")
+            raise ValueError(f"replacement.{field} contains NaN or inf; build it from finite "
+                             "values (zero_replacement, mean_replacement, resample_replacement)")

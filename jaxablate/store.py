@@ -1,0 +1,473 @@
+"""The results store: long sweeps that survive interruption and resume where they stopped.
+
+    values = ja.sweep(model, tokens, masks.head_pairs(cfg), repl, metric, store="runs/pairs")
+    # killed half-way (Ctrl-C, SIGTERM, kill -9, a crash)? The same call again computes only
+    # the chunks that are missing and returns the same numbers, bit for bit.
+
+Layout: one sub-folder per sweep, named by its `key` ("sweep" for `ja.sweep(store=...)`; a
+`Study` keys each of its sweeps by step, ablation, draw and mask set):
+
+    runs/pairs/sweep/manifest.json            what produced the results (below)
+    runs/pairs/sweep/chunk-000003.<sha>.npy   float32 [masks 3S .. 4S-1, batch]
+
+Chunks. The mask set is cut, in its own order, into files of S masks (`masks_per_file`,
+default 8 compute chunks); each file is one `sweep` call whose last chunk is padded with
+clean masks, so every file runs the same compiled programs. A file is written under a
+temporary name, fsynced, then renamed over its final name (atomic on POSIX): a run killed
+by SIGINT, SIGTERM or SIGKILL loses at most the file in flight. `<sha>` is the first 16 hex
+digits of the file's SHA-256: a truncated or corrupted file fails the check, is deleted (a
+`StoreWarning` says so) and recomputed.
+
+Manifest. SHA-256 digests of the model (every weight array, with the config), the tokens,
+the mask set (entries, names, kinds), the replacement values and the metric (its kind and
+the positions and token ids it prepared for these tokens); the ablation type, the seed, the
+chunk sizes, prefix reuse, the JAX platform and the package versions. A run whose inputs
+differ from the manifest's is refused with a `StoreMismatchError` naming what changed, so
+results of two runs are never mixed; `ResultsStore(folder, overwrite=True)` (command line:
+`--overwrite`) deletes the folder's sweeps first.
+
+Determinism. A file's numbers depend only on its masks (same composition, same compiled
+programs), so a resumed sweep equals an uninterrupted one bit for bit (tested with a real
+SIGKILL). Another chunk size, file size, mask order or `reuse_prefix` regroups the masks
+into other compiled calls: the numbers then agree up to float32 rounding, measured at
+|difference| <= 1e-6 * max(1, |metric|) and tested at 1e-5 (`tests/test_store.py`).
+NaN or inf in the metric stops the sweep with a `NonFiniteMetricError` naming the masks,
+after the file that holds them is committed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import numbers
+import os
+import re
+import warnings
+from collections.abc import Callable
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import equinox as eqx
+import jax
+import numpy as np
+from jaxtyping import Float
+
+from jaxablate import masks as masks_lib
+from jaxablate.engine import (NonFiniteMetricError, as_mask_set, check_chunk_size,
+                              planned_chunk_size, sweep)
+from jaxablate.forward import validate_call
+from jaxablate.masks import MaskSet
+from jaxablate.metrics import Metric
+from jaxablate.model import GPT2
+from jaxablate.replacement import Replacement
+from jaxablate.validation import check_replacement
+
+FORMAT = "jaxablate-results-store/1"
+CHUNKS_PER_FILE = 8  # compute chunks per committed file, by default
+MANIFEST = "manifest.json"
+_CHUNK = re.compile(r"chunk-(\d{6})\.([0-9a-f]{16})\.npy")
+_TMP = re.compile(r"\.(?:chunk-\d{6}|manifest)\.(\d+)\.tmp")
+_KEY = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
+
+# How a changed input is named in messages (manifest "inputs" keys, in this order).
+LABELS = {
+    "model": "model weights", "tokens": "tokens", "masks": "mask set",
+    "replacement": "replacement values", "metric": "metric", "ablation": "ablation type",
+    "seed": "seed", "reuse_prefix": "reuse_prefix", "chunk_size": "chunk size",
+    "masks_per_file": "masks per file", "n_masks": "number of masks",
+    "batch": "number of prompts", "platform": "JAX platform", "versions": "versions",
+}
+
+
+class StoreMismatchError(ValueError):
+    """The store holds results of other inputs. `changed`: the manifest keys that differ."""
+
+    def __init__(self, folder: Path, changed: list[str], details: str):
+        self.folder, self.changed, self.details = folder, changed, details
+        super().__init__(f"results store {folder} holds results of another run ({details}); "
+                         "pass overwrite=True (command line: --overwrite) to start afresh, or "
+                         "use another folder")
+
+
+class StoreWarning(UserWarning):
+    """A stored file failed its check and is recomputed."""
+
+
+# ---------------------------------------------------------------------------------------------
+# Fingerprints: SHA-256 over arrays' dtype, shape and bytes, strings and numbers.
+
+
+def _feed(h: Any, x: Any) -> None:
+    if x is None:
+        h.update(b"N;")
+    elif isinstance(x, (bool, int, float, str)):
+        text = repr(x)
+        h.update(f"{type(x).__name__}{len(text)}:{text};".encode())
+    elif isinstance(x, (list, tuple)):
+        h.update(f"L{len(x)}[".encode())
+        for v in x:
+            _feed(h, v)
+        h.update(b"]")
+    elif isinstance(x, dict):
+        h.update(f"D{len(x)}{{".encode())
+        for k in sorted(x):
+            _feed(h, str(k))
+            _feed(h, x[k])
+        h.update(b"}")
+    else:
+        a = np.ascontiguousarray(np.asarray(x))
+        h.update(f"A{a.dtype.str}{a.shape}:".encode())
+        h.update(a.reshape(-1).view(np.uint8).data)
+
+
+def digest(*parts: Any) -> str:
+    """SHA-256 hex digest of numbers, strings, arrays and nested lists / dicts of them."""
+    h = hashlib.sha256()
+    for part in parts:
+        _feed(h, part)
+    return h.hexdigest()
+
+
+def _arrays(tree: Any) -> dict[str, Any]:
+    """The array leaves of a pytree by their path ("blocks.W_O", ...)."""
+    leaves, _ = jax.tree_util.tree_flatten_with_path(eqx.filter(tree, eqx.is_array))
+    return {jax.tree_util.keystr(path): leaf for path, leaf in leaves}
+
+
+def model_digest(model: GPT2) -> str:
+    """Digest of a model's config and every weight array (its SAE included)."""
+    return digest(repr(model.cfg), _arrays(model))
+
+
+def masks_digest(mask_set: MaskSet) -> str:
+    """Digest of a mask set: config, sequence length, SAE size, kinds, names, entries."""
+    entries = {kind: list(arrays) for kind, arrays in mask_set.entries.items()}
+    return digest(repr(mask_set.cfg), mask_set.seq_len, mask_set.n_features,
+                  list(mask_set.kinds), mask_set.names, entries)
+
+
+def replacement_digest(replacement: Replacement | None) -> str:
+    if replacement is None:
+        return digest(None)
+    return digest(replacement.kind, replacement.per_example, _arrays(replacement))
+
+
+def metric_digest(metric: Metric, tokens: np.ndarray, cfg: Any) -> str:
+    """Digest of a metric's kind and what it prepared for `tokens` (positions, ids)."""
+    positions, data = metric.prepare(tokens, cfg)
+    return digest(type(metric).__qualname__, metric.name, positions, dict(data))
+
+
+def _versions() -> dict[str, str]:
+    import jaxlib
+
+    from jaxablate import __version__
+
+    return {"jaxablate": __version__, "jax": jax.__version__, "jaxlib": jaxlib.__version__,
+            "numpy": np.__version__, "equinox": eqx.__version__}
+
+
+# ---------------------------------------------------------------------------------------------
+# Files: atomic writes, checked reads.
+
+
+def _fsync_folder(folder: Path) -> None:
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:  # not POSIX
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def _write_atomic(folder: Path, name: str, tmp_stem: str, data: bytes) -> None:
+    """Write `data` to folder/name: a temporary file, fsync, rename (atomic), fsync folder."""
+    tmp = folder / f".{tmp_stem}.{os.getpid()}.tmp"
+    with open(tmp, "wb") as out:
+        out.write(data)
+        out.flush()
+        os.fsync(out.fileno())
+    os.replace(tmp, folder / name)
+    _fsync_folder(folder)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # exists, owned by someone else
+        return True
+    return True
+
+
+class ResultsStore:
+    """A folder of sweep results committed chunk by chunk (see the module docstring).
+
+    folder: created if needed; refused up front when it cannot be written. overwrite: delete
+    the sweeps already stored there first. `computed` and `reused` count the files this
+    object computed and read back.
+
+    Example:
+        >>> store = ResultsStore("runs/neurons")
+        >>> out = store.sweep(model, tokens, masks.single_neurons(cfg), repl, metric)
+        >>> store.computed, store.reused          # (12, 0); after a kill and re-run: (7, 5)
+    """
+
+    def __init__(self, folder: str | os.PathLike, *, overwrite: bool = False):
+        self.folder = Path(folder)
+        if self.folder.exists() and not self.folder.is_dir():
+            raise ValueError(f"results store: {self.folder} is a file, not a folder; choose "
+                             "another folder")
+        try:
+            self.folder.mkdir(parents=True, exist_ok=True)
+            probe = self.folder / f".write-test.{os.getpid()}"
+            probe.write_bytes(b"")
+            probe.unlink()
+        except OSError as error:
+            raise ValueError(f"results store: cannot write to {self.folder} "
+                             f"({error.strerror or error}); choose a folder you can write "
+                             "to") from None
+        self.computed = 0
+        self.reused = 0
+        self._memo: dict[Any, tuple[Any, str]] = {}
+        if overwrite:
+            self.clear()
+
+    def __repr__(self) -> str:
+        return f"ResultsStore({str(self.folder)!r})"
+
+    def keys(self) -> list[str]:
+        """The sweeps stored here (sub-folders with a manifest)."""
+        return sorted(p.name for p in self.folder.iterdir() if (p / MANIFEST).is_file())
+
+    def clear(self) -> None:
+        """Delete every stored sweep (only files this store writes)."""
+        for key in self.keys():
+            self._wipe(self.folder / key, manifest=True)
+
+    # -- one sweep ----------------------------------------------------------------------------
+
+    def sweep(
+        self,
+        model: GPT2,
+        tokens: Any,
+        masks: Any,
+        replacement: Replacement | None,
+        metric: Metric,
+        chunk_size: Any = None,
+        *,
+        key: str = "sweep",
+        seed: int | None = None,
+        ablation: str | None = None,
+        progress: Callable[[int, int], None] | None = None,
+        reuse_prefix: bool = True,
+        memory_budget: int | None = None,
+        masks_per_file: int | None = None,
+    ) -> Float[np.ndarray, "n batch"]:
+        """`jaxablate.sweep` with its results committed under `key`, resuming what is there.
+
+        Arguments as `sweep`'s; key: the sweep's sub-folder; seed, ablation: recorded in the
+        manifest (ablation defaults to the replacement's kind); masks_per_file: masks per
+        committed file (default 8 compute chunks). chunk_size defaults to the manifest's
+        when resuming, else to the one `sweep` plans for the whole set.
+        Raises StoreMismatchError when the stored results came from other inputs.
+        """
+        if not isinstance(metric, Metric):
+            raise TypeError(f"metric: expected one of jaxablate.metrics, got "
+                            f"{type(metric).__name__}")
+        if not isinstance(key, str) or not _KEY.fullmatch(key):
+            raise ValueError(f"key: expected letters, digits, '.', '_' or '-', got {key!r}")
+        tokens = validate_call(model, tokens, None, None)
+        batch, seq = tokens.shape
+        mask_set = as_mask_set(masks, model, seq)
+        n_features = None if model.sae is None else model.sae.n_features
+        check_replacement(replacement, mask_set.kinds, model.cfg, seq, batch, n_features)
+        positions, _ = metric.prepare(tokens, model.cfg)
+        if chunk_size is not None:
+            chunk_size = check_chunk_size(model, batch, seq, positions.shape[1], chunk_size,
+                                          memory_budget)
+        if masks_per_file is not None and (isinstance(masks_per_file, bool) or not
+                                           isinstance(masks_per_file, numbers.Integral)
+                                           or masks_per_file < 1):
+            raise ValueError(f"masks_per_file must be a positive int, got {masks_per_file!r}")
+        n = len(mask_set)
+        inputs = {
+            "model": self._memo_digest(model, model_digest),
+            "tokens": digest(tokens),
+            "masks": masks_digest(mask_set),
+            "replacement": self._memo_digest(replacement, replacement_digest),
+            "metric": metric_digest(metric, tokens, model.cfg),
+            "ablation": ablation if ablation is not None else
+            (None if replacement is None else replacement.kind),
+            "seed": seed, "reuse_prefix": bool(reuse_prefix), "n_masks": n, "batch": batch,
+            "platform": jax.default_backend(), "versions": _versions()}
+        folder = self.folder / key
+        old = self._read_manifest(folder)
+        if old is not None:
+            stored = old["inputs"]
+            self._compare(folder, stored, inputs)
+            chunk_size = stored["chunk_size"] if chunk_size is None else chunk_size
+            masks_per_file = (stored["masks_per_file"] if masks_per_file is None
+                              else masks_per_file)
+        if chunk_size is None:
+            chunk_size = planned_chunk_size(model, tokens, mask_set, metric,
+                                            reuse_prefix=reuse_prefix,
+                                            memory_budget=memory_budget)
+        chunk_size = min(chunk_size, n)
+        per_file = int(masks_per_file or chunk_size * CHUNKS_PER_FILE)
+        chunk_size = min(chunk_size, per_file)  # files smaller than a chunk: smaller chunks
+        inputs.update(chunk_size=chunk_size, masks_per_file=per_file)
+        if old is not None:
+            self._compare(folder, old["inputs"], inputs)
+        else:
+            folder.mkdir(exist_ok=True)
+            self._wipe(folder, manifest=False)  # chunks without a manifest are not trusted
+            about = {"created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                     "model_config": repr(model.cfg), "metric": repr(metric),
+                     "mask_kinds": list(mask_set.kinds), "first_masks": mask_set.names[:5],
+                     "files": -(-n // per_file)}
+            text = json.dumps({"format": FORMAT, "inputs": inputs, "about": about}, indent=1)
+            _write_atomic(folder, MANIFEST, "manifest", text.encode())
+        self._remove_stale_tmp(folder)
+
+        out = np.empty((n, batch), np.float32)
+        for i, lo in enumerate(range(0, n, per_file)):
+            hi = min(n, lo + per_file)
+            values = self._load(folder, i, (hi - lo, batch))
+            if values is None:
+                values = self._compute(model, tokens, mask_set, replacement, metric, lo, hi,
+                                       chunk_size, progress, reuse_prefix, memory_budget)
+                self._commit(folder, i, values)
+                self.computed += 1
+            else:
+                self.reused += 1
+            out[lo:hi] = values
+            if not np.isfinite(values).all():
+                raise NonFiniteMetricError(mask_set.names, values, offset=lo,
+                                           where=f" (stored in {folder})")
+            if progress is not None:
+                progress(hi, n)
+        return out
+
+    # -- internals ----------------------------------------------------------------------------
+
+    def _memo_digest(self, obj: Any, fn: Callable[[Any], str]) -> str:
+        """fn(obj), once per object (the object is kept alive so its id stays unique)."""
+        if obj is None:
+            return fn(obj)
+        if id(obj) not in self._memo:
+            self._memo[id(obj)] = (obj, fn(obj))
+        return self._memo[id(obj)][1]
+
+    def _compute(self, model, tokens, mask_set, replacement, metric, lo, hi, chunk_size,
+                 progress, reuse_prefix, memory_budget) -> np.ndarray:
+        """Masks [lo, hi) in one sweep, padded with clean masks to a multiple of chunk_size
+        (the same compiled programs for every file)."""
+        part = mask_set.subset(range(lo, hi))
+        size = -(-(hi - lo) // chunk_size) * chunk_size
+        if size > hi - lo:
+            pad = masks_lib.from_components(mask_set.cfg, [[]] * (size - (hi - lo)),
+                                            seq_len=mask_set.seq_len,
+                                            n_features=mask_set.n_features)
+            kinds = part.kinds
+            part = masks_lib.concat([part, pad])
+            part.kinds = kinds
+        report = None if progress is None else (
+            lambda done, total: progress(min(lo + int(done), hi), len(mask_set)))
+        try:
+            values = sweep(model, tokens, part, replacement, metric, chunk_size,
+                           progress=report, reuse_prefix=reuse_prefix,
+                           memory_budget=memory_budget)
+        except NonFiniteMetricError as error:  # committed first, reported by the caller
+            values = error.values
+        return np.ascontiguousarray(values[: hi - lo], np.float32)
+
+    def _commit(self, folder: Path, i: int, values: np.ndarray) -> None:
+        buffer = io.BytesIO()
+        np.save(buffer, values, allow_pickle=False)
+        data = buffer.getvalue()
+        sha = hashlib.sha256(data).hexdigest()[:16]
+        _write_atomic(folder, f"chunk-{i:06d}.{sha}.npy", f"chunk-{i:06d}", data)
+
+    def _load(self, folder: Path, i: int, shape: tuple[int, int]) -> np.ndarray | None:
+        """File i if present and sound; a damaged one is deleted (with a warning)."""
+        for path in sorted(folder.glob(f"chunk-{i:06d}.*.npy")):
+            match = _CHUNK.fullmatch(path.name)
+            if match is None:
+                continue
+            try:
+                data = path.read_bytes()
+            except OSError:
+                continue
+            problem = None
+            if hashlib.sha256(data).hexdigest()[:16] != match.group(2):
+                problem = "its checksum does not match (truncated or corrupted)"
+            else:
+                try:
+                    values = np.load(io.BytesIO(data), allow_pickle=False)
+                except ValueError as error:
+                    problem = f"it cannot be read ({error})"
+                else:
+                    if values.shape != shape or values.dtype != np.float32:
+                        problem = (f"it holds {values.dtype} {list(values.shape)}, expected "
+                                   f"float32 {list(shape)}")
+            if problem is None:
+                return values
+            warnings.warn(f"{path}: {problem}; recomputing it", StoreWarning, stacklevel=3)
+            path.unlink(missing_ok=True)
+        return None
+
+    def _read_manifest(self, folder: Path) -> dict[str, Any] | None:
+        path = folder / MANIFEST
+        if not path.is_file():
+            return None
+        try:
+            manifest = json.loads(path.read_text(encoding="utf-8"))
+            if manifest.get("format") != FORMAT or not isinstance(manifest.get("inputs"), dict):
+                raise ValueError("not a jaxablate results store manifest")
+        except (OSError, ValueError, AttributeError) as error:
+            warnings.warn(f"{path} cannot be read ({error}); its results are discarded and "
+                          "recomputed", StoreWarning, stacklevel=3)
+            self._wipe(folder, manifest=True)
+            return None
+        return manifest
+
+    def _compare(self, folder: Path, stored: dict[str, Any], now: dict[str, Any]) -> None:
+        changed = [k for k in now if stored.get(k) != now[k]]
+        if not changed:
+            return
+        digests = [LABELS.get(k, k) for k in changed
+                   if isinstance(now[k], str) and len(now[k]) == 64]
+        parts = [f"changed: {', '.join(digests)}"] if digests else []
+        for k in changed:
+            old, new = stored.get(k), now[k]
+            if isinstance(new, str) and len(new) == 64:
+                continue
+            if k == "versions" and isinstance(old, dict):
+                parts += [f"{p} {old.get(p)} there, {new.get(p)} now" for p in new
+                          if old.get(p) != new.get(p)]
+            else:
+                parts.append(f"{LABELS.get(k, k)}: {old!r} there, {new!r} now")
+        raise StoreMismatchError(folder, changed, "; ".join(parts))
+
+    def _wipe(self, folder: Path, *, manifest: bool) -> None:
+        for path in folder.iterdir():
+            if _CHUNK.fullmatch(path.name) or _TMP.fullmatch(path.name) or \
+                    (manifest and path.name == MANIFEST):
+                path.unlink(missing_ok=True)
+        if manifest and not any(folder.iterdir()):
+            folder.rmdir()
+
+    def _remove_stale_tmp(self, folder: Path) -> None:
+        """Temporary files of runs that died mid-write (their process is gone)."""
+        for path in folder.iterdir():
+            match = _TMP.fullmatch(path.name)
+            if match and not _alive(int(match.group(1))):
+                path.unlink(missing_ok=True)
