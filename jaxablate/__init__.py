@@ -9,6 +9,7 @@ Example:
 """
 
 from jaxablate import masks, metrics, report, tasks
+from jaxablate.attribution import Attribution, attribute
 from jaxablate.components import Component, parse_component
 from jaxablate.config import GPT2Config
 from jaxablate.engine import NonFiniteMetricError, clean_metric, planned_chunk_size, sweep
@@ -28,6 +29,7 @@ from jaxablate.tasks import Task
 from jaxablate.tokenizer import load_tokenizer
 
 __all__ = [
+    "Attribution",
     "AttentionScores",
     "Cache",
     "Component",
@@ -43,6 +45,7 @@ __all__ = [
     "StoreMismatchError",
     "StudyResult",
     "attach_sae",
+    "attribute",
     "attention_scores",
     "clean_metric",
     "forward",
