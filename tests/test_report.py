@@ -84,6 +84,28 @@ def synthetic_result(n_layers: int = 2, n_heads: int = 3, n_prompts: int = 4,
         "verdicts": verdicts,
         "changed": [{"component": names[4],
                      "verdicts": {t: verdicts[t][4] for t in verdicts}}]}
+    estimate = (effects * 0.8).tolist()
+    estimate[1] = -0.25  # one component the screen gets wrong
+    screen_rank = np.argsort(np.argsort(-np.abs(estimate), kind="stable"), kind="stable") + 1
+    top = [i for i in range(n) if screen_rank[i] <= 3]
+    result["screening"] = {
+        "method": "ig", "steps": 16, "top_k": 3, "components": names, "estimate": estimate,
+        "estimate_sem": [0.01] * n, "screen_rank": screen_rank.tolist(),
+        "exact": [float(effects[i]) if i in top else None for i in range(n)],
+        "exact_all": effects.tolist(), "verified": [i in top for i in range(n)],
+        "fails": [i == 1 for i in range(n)], "failures": [names[1]],
+        "records": [{"component": names[i], "screen_rank": int(screen_rank[i]),
+                     "estimate": estimate[i], "exact": float(effects[i]), "exact_sem": 0.05,
+                     "exact_ci_low": float(effects[i]) - 0.1,
+                     "exact_ci_high": float(effects[i]) + 0.1,
+                     "difference": estimate[i] - float(effects[i]), "fails": i == 1}
+                    for i in sorted(top, key=lambda i: screen_rank[i])],
+        "spearman_top_k": 0.5, "spearman_all": 0.625, "precision_at_k": 2 / 3,
+        "critical_found": {"found": 1, "total": 2}, "completeness": {
+            "sum_of_estimates": 1.0, "effect_all_ablated": 1.0, "error": 0.0},
+        "rule": "fails: made up", "note": "made up", "seconds": {"screening": 0.5,
+                                                                  "verification": None},
+        "verified_from": "single step"}
     return result
 
 
@@ -97,7 +119,8 @@ def test_full_report_writes_every_file(tmp_path):
     result = synthetic_result()
     folder = write_report(result, tmp_path / "report")
     expected = ["study.json", "single.csv", "single.parquet", "per_example.parquet",
-                "cumulative.csv", "interactions.csv", "ablation_comparison.csv", "summary.md"]
+                "cumulative.csv", "interactions.csv", "ablation_comparison.csv", "summary.md",
+                "screening.csv", "screening.parquet"]
     expected += [f"{name}.png" for name in plots.FIGURES if name != "single_layers"]
     for name in expected:
         assert (folder / name).is_file(), f"{name} missing; folder has {sorted(folder.iterdir())}"
@@ -154,7 +177,10 @@ def test_summary_states_the_key_numbers(tmp_path):
                    "lowest effect first", "zero vs mean | 0.875", "1 backup candidate",
                    "| `1.1` | critical | none | none |", "(single_heads.png)",
                    "(cumulative.png)", "(interactions.png)", "(ablation_types.png)",
-                   "[single.csv](single.csv)"):
+                   "[single.csv](single.csv)", "## Gradient screening",
+                   "Spearman ρ, every component | 0.625", "precision at k (by \\|effect\\|) | 0.6667",
+                   "critical components in the top k | 1 of 2", "The estimate fails for `0.1`",
+                   "(screening.png)", "[screening.csv](screening.csv)"):
         assert needle in text, f"{needle!r} not in summary.md:\n{text}"
     counts = "**3 critical**, 1 negative, 2 with no effect"
     assert counts in text, text
@@ -168,11 +194,12 @@ def test_missing_sections_are_skipped(tmp_path):
                  "summary.md", "single_heads.png"):
         assert (folder / name).is_file(), name
     for name in ("cumulative.csv", "interactions.csv", "ablation_comparison.csv",
-                 "cumulative.png", "interactions.png", "ablation_types.png"):
+                 "cumulative.png", "interactions.png", "ablation_types.png", "screening.csv",
+                 "screening.png"):
         assert not (folder / name).exists(), name
     assert json.loads((folder / "study.json").read_text()) == result
     text = (folder / "summary.md").read_text()
-    assert text.count("Not run.") == 4, text
+    assert text.count("Not run.") == 5, text
     assert f"{BASELINE} ± 0.0625" in text
 
 
@@ -214,7 +241,7 @@ def test_non_finite_numbers_become_null(tmp_path):
 def test_plot_functions_skip_absent_sections(tmp_path):
     result = synthetic_result(full=False)
     for make in (plots.plot_cumulative, plots.plot_interactions, plots.plot_ablation_types,
-                 plots.plot_single_layers):
+                 plots.plot_single_layers, plots.plot_screening):
         assert make(result, tmp_path / "x.png") is None
     assert not (tmp_path / "x.png").exists()
     assert plots.plot_single_heads(result, tmp_path / "h.png") == tmp_path / "h.png"
