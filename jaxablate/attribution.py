@@ -48,6 +48,7 @@ from jaxablate.mask import KINDS, Mask
 from jaxablate.metrics import Metric
 from jaxablate.model import GPT2
 from jaxablate.replacement import Replacement
+from jaxablate.sharding import placement
 from jaxablate.validation import check_replacement
 
 METHODS = ("grad", "ig")
@@ -190,6 +191,8 @@ def attribute(
     steps: int = 16,
     chunk_size: int | None = None,
     components: Sequence[Any] | None = None,
+    devices: Any = None,
+    mesh: Any = None,
 ) -> Attribution:
     """Estimated ablation effect of every component of `kinds`, per example (see module doc).
 
@@ -202,7 +205,8 @@ def attribute(
     these (names like "5.2", "mlp0", "n1.5") move along the path, the rest stay kept and get
     estimate 0; one component alone gives its exact single-ablation effect up to
     discretisation. chunk_size: examples per compiled call (fixed shape, the last chunk padded;
-    default: all at once).
+    default: all at once). devices / mesh: split each chunk's examples over these devices
+    (as `sweep`'s; default every local device), the chunk rounded up to a multiple of them.
 
     Returns an `Attribution`: `.estimate` Mask-shaped [batch, ...] (e.g. heads
     [batch, layer, head]), `.mean()`, `.ranking()`, `.clean` and for "ig" `.ablated`.
@@ -249,16 +253,21 @@ def attribute(
     select = _select_mask(ones, components, model.cfg, seq, n_features)
     ts = jnp.asarray((np.arange(steps) + 0.5) / steps, jnp.float32)  # midpoint rule
 
-    chunk = batch if chunk_size is None else min(int(chunk_size), batch)
+    # Several devices: the example axis of each chunk is split among them (padded).
+    place = placement(devices, mesh)
+    chunk = place.round_up(batch if chunk_size is None else min(int(chunk_size), batch))
     per_example = replacement is not None and replacement.per_example
+    model, ones, select, ts = place.replicate((model, ones, select, ts))
+    if not per_example:
+        replacement = place.replicate(replacement)
     arrays = (jnp.asarray(tokens), jnp.asarray(positions),
               {k: jnp.asarray(v) for k, v in data.items()})
     parts = []
     for begin in range(0, batch, chunk):
         idx = np.arange(begin, min(begin + chunk, batch))
         padded = np.concatenate([idx, np.full(chunk - len(idx), idx[0])])  # fixed shape
-        tok, pos, d = _take(arrays, padded)
-        repl = _take(replacement, padded) if per_example else replacement
+        tok, pos, d = place.split(_take(arrays, padded))
+        repl = place.split(_take(replacement, padded)) if per_example else replacement
         out = _attribute_chunk(model, tok, pos, d, repl, ones, select, ts, metric.score,
                                metric.reads_clean, method)
         parts.append(jax.tree_util.tree_map(lambda a, n=len(idx): a[:n], out))

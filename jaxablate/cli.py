@@ -237,6 +237,24 @@ def build_parser() -> argparse.ArgumentParser:
     output.add_argument("--quiet", action="store_true", help="no progress bars")
     output.add_argument("--no-cache", action="store_true",
                         help="do not use the persistent compilation cache")
+
+    hardware = study.add_argument_group("devices and hosts")
+    hardware.add_argument("--devices", type=_positive_int, default=None, metavar="N",
+                          help="split every sweep's masks over the first N local devices "
+                               "(default: all of them; results equal one device's up to "
+                               "float32 rounding)")
+    hardware.add_argument("--distributed", action="store_true",
+                          help="several hosts: call jax.distributed.initialize() (it finds "
+                               "its peers on Cloud TPU, SLURM and Open MPI, or from "
+                               "--coordinator/--num-processes/--process-id); each host "
+                               "computes its share of every sweep into --out, which all "
+                               "hosts must see, and process 0 writes the report")
+    hardware.add_argument("--coordinator", metavar="HOST:PORT", default=None,
+                          help="with --distributed: process 0's address")
+    hardware.add_argument("--num-processes", type=_positive_int, default=None, metavar="N",
+                          help="with --distributed: the number of processes")
+    hardware.add_argument("--process-id", type=int, default=None, metavar="I",
+                          help="with --distributed: this process's index, 0 to N-1")
     return parser
 
 
@@ -260,6 +278,19 @@ def _check_options(args: argparse.Namespace) -> None:
         raise UsageError("--neuron-layers applies only with --components including neurons")
     if os.path.exists(args.out) and not os.path.isdir(args.out):
         raise UsageError(f"--out: {args.out!r} exists and is not a folder")
+    manual = [args.coordinator, args.num_processes, args.process_id]
+    if any(v is not None for v in manual) and not args.distributed:
+        raise UsageError("--coordinator, --num-processes and --process-id go with "
+                         "--distributed")
+    if any(v is not None for v in manual) and any(v is None for v in manual):
+        raise UsageError("--distributed by hand needs all of --coordinator, --num-processes "
+                         "and --process-id (or none of them, to let JAX find its peers)")
+    if args.process_id is not None and not 0 <= args.process_id < args.num_processes:
+        raise UsageError(f"--process-id must be in [0, {args.num_processes}), got "
+                         f"{args.process_id}")
+    if args.distributed and args.overwrite:
+        raise UsageError("--overwrite cannot be used with --distributed (one host could delete "
+                         "another's results): delete the --out folder's sweeps first")
     existing = Path(os.path.abspath(args.out))
     while not existing.exists():
         existing = existing.parent
@@ -367,8 +398,12 @@ def _load_task(args: argparse.Namespace, cfg: Any) -> Any:
 def run_study(args: argparse.Namespace) -> int:
     """`jaxablate study`: load, run the Study, print, write the report."""
     _check_options(args)
+    if args.distributed:
+        _start_distributed(args)
     if not args.no_cache:
         _enable_compilation_cache()
+    import jax
+
     import jaxablate as ja
     from jaxablate.engine import check_chunk_size
     from jaxablate.report import jsonable, write_report
@@ -403,12 +438,16 @@ def run_study(args: argparse.Namespace) -> int:
                       neuron_layers=args.neuron_layers, threshold=args.threshold,
                       seed=args.seed, progress=progress, model_name=args.model,
                       store=Path(args.out) / "sweeps", overwrite=args.overwrite,
-                      chunk_size=args.chunk_size)
+                      chunk_size=args.chunk_size, devices=args.devices)
         steps = ("baseline", "single") + tuple(s for s in OPTIONAL_STEPS if s not in args.skip)
         result = study.run(target=args.target, top_k=args.interaction_top_k, steps=steps,
                            screen_method=args.screen, screen_steps=args.ig_steps,
                            screen_top_k=args.screen_top_k)
     data = result.to_dict()
+    if jax.process_index() > 0:  # every host has the whole result; one writes the report
+        say(f"process {jax.process_index()} of {jax.process_count()}: done; process 0 "
+            f"writes the report to {args.out}")
+        return 0
     if args.json:
         json.dump(jsonable(data), sys.stdout)
         sys.stdout.write("\n")
@@ -424,6 +463,21 @@ def run_study(args: argparse.Namespace) -> int:
     say(f"report: {Path(folder) / 'summary.md'} (study.json, tables"
         f"{'' if args.no_plots else ', figures'}) in {time.perf_counter() - start:.1f} s")
     return 0
+
+
+def _start_distributed(args: argparse.Namespace) -> None:
+    """jax.distributed.initialize, from the flags or from the cluster's environment."""
+    import jax
+
+    kwargs = {}
+    if args.coordinator is not None:
+        kwargs = dict(coordinator_address=args.coordinator, num_processes=args.num_processes,
+                      process_id=args.process_id)
+    try:
+        jax.distributed.initialize(**kwargs)
+    except (RuntimeError, ValueError) as error:
+        raise UsageError(f"--distributed: jax.distributed.initialize failed "
+                         f"({' '.join(str(error).split())[:300]})") from None
 
 
 def _show_warning(message: Any, category: Any, filename: Any, lineno: Any, file: Any = None,

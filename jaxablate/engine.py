@@ -33,6 +33,7 @@ from jaxablate.model import GPT2
 from jaxablate.replacement import Replacement
 from jaxablate.schedule import (budget_bytes, check_chunk_size, default_chunk_size,
                                 plan_chunk_size)
+from jaxablate.sharding import placement
 from jaxablate.validation import check_replacement
 
 PARENT_BLOCK = 16  # parents' trajectories per compiled call, at most
@@ -280,6 +281,8 @@ def sweep(
     reuse_prefix: bool = True,
     memory_budget: int | None = None,
     store: Any = None,
+    devices: Any = None,
+    mesh: Any = None,
 ) -> Float[np.ndarray, "n batch"]:
     """The metric under each of N ablations, per example: numpy float32 `[N, batch]`.
 
@@ -291,6 +294,11 @@ def sweep(
     store: a folder (or `jaxablate.store.ResultsStore`): results are committed there chunk
     by chunk and the same call again resumes, computing only the missing chunks; a store
     made by other inputs is refused (see `jaxablate.store`).
+    devices: the devices the mask axis is split over (None: every local device; an int n:
+    the first n; a list of jax devices), or mesh: a `jax.sharding.Mesh` (see
+    `jaxablate.sharding`); chunks then hold a multiple of the device count (the default
+    chunk size is the planned one per device), weights and replacement values are copied to
+    every device once, and results equal a single device's up to float32 rounding.
     Raises `NonFiniteMetricError` (a ValueError) naming the masks whose metric is NaN or inf.
 
     Example:
@@ -304,7 +312,8 @@ def sweep(
         store = store if isinstance(store, ResultsStore) else ResultsStore(store)
         return store.sweep(model, tokens, masks, replacement, metric, chunk_size,
                            progress=progress, reuse_prefix=reuse_prefix,
-                           memory_budget=memory_budget)
+                           memory_budget=memory_budget, devices=devices, mesh=mesh)
+    place = placement(devices, mesh)
     if not isinstance(metric, Metric):
         raise TypeError(f"metric: expected one of jaxablate.metrics (logit_diff, accuracy, "
                         f"prob, loss, kl_to_clean), got {type(metric).__name__}")
@@ -315,20 +324,27 @@ def sweep(
     check_replacement(replacement, mask_set.kinds, model.cfg, seq, batch, n_features)
     positions, data = metric.prepare(tokens, model.cfg)
     n = len(mask_set)
-    if chunk_size is not None:
+    explicit = chunk_size is not None
+    if explicit:
         chunk_size = check_chunk_size(model, batch, seq, positions.shape[1], chunk_size,
                                       memory_budget)
     plan = _schedule(model, mask_set, batch, seq, positions.shape[1], metric, chunk_size,
                      memory_budget, reuse_prefix)
     first, last, parents, parent_of = plan.first, plan.last, plan.parents, plan.parent_of
     own, blocks, block, chunk_size = plan.own, plan.blocks, plan.block, plan.chunk_size
+    # Several devices: whole chunks of masks per device (the planned size each), padded.
+    size = plan.chunk_size if explicit else plan.chunk_size * place.n_devices
+    chunk_size = min(place.round_up(size), place.round_up(n))
+    block = place.round_up(block)
     p_first = None if parents is None else parents.first_layers(
         None if model.sae is None else model.sae.layer)
 
     columns, data = vocab_columns(metric, data)
-    tokens_j, positions_j = jnp.asarray(tokens), jnp.asarray(positions)
-    columns_j = None if columns is None else jnp.asarray(columns)
-    data_j = {k: jnp.asarray(v) for k, v in data.items()}
+    # Copied to every device once (a no-op on one device); the clean pass then runs on each.
+    model, replacement = place.replicate(model), place.replicate(replacement)
+    tokens_j, positions_j = place.replicate((jnp.asarray(tokens), jnp.asarray(positions)))
+    columns_j = None if columns is None else place.replicate(jnp.asarray(columns))
+    data_j = place.replicate({k: jnp.asarray(v) for k, v in data.items()})
     resid, attended, clean = _clean_pass(model, tokens_j, positions_j, columns_j)
     # A mask set that never changes the stream entering a layer (no positions, no SAE
     # features) reuses the clean attention of the layer it resumes at: only the ablated
@@ -341,7 +357,9 @@ def sweep(
 
     def run(idx: np.ndarray, start: int, x0: jax.Array, att: Any) -> None:
         nonlocal done
-        chunk = _pad(mask_set.materialize(idx), chunk_size)
+        chunk = place.split(_pad(mask_set.materialize(idx), chunk_size))
+        if x0.ndim == 4:  # one stream per mask (resumed from its parent's)
+            x0, att = place.split((x0, att))
         values = _run_chunk(model, x0, att, jnp.int32(start), chunk, replacement, tokens_j,
                             positions_j, columns_j, clean, data_j, metric.score, chunk_size)
         out[idx] = np.asarray(values)[: len(idx)]
@@ -364,7 +382,8 @@ def sweep(
         local = np.full(len(parents), -1, np.int64)
         local[p_idx] = np.arange(len(p_idx))
         traj = _run_trajectories(model, resid, attended, jnp.int32(p_first[p_idx[0]]),
-                                 _pad(parents.materialize(p_idx), block), replacement)
+                                 place.split(_pad(parents.materialize(p_idx), block)),
+                                 replacement)
         traj_resid, traj_att = traj if attended is not None else (traj, None)
         for k in range(0, len(kids), chunk_size):
             idx = kids[k:k + chunk_size]

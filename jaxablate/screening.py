@@ -99,7 +99,7 @@ def screen_and_verify(study: "Study", method: str = "ig", steps: int = 16,
     for replacement in study._replacements(study.ablation):
         att = attribute(study.model, study.tokens, replacement, study.metric, method,
                         kinds=study.kinds, steps=steps, chunk_size=chunk_size,
-                        components=path)
+                        components=path, devices=study.devices, mesh=study.mesh)
         # attribute's sign: metric(ablated) - metric(clean); the study's: + = helps.
         per_draw.append(-sign * att.per_example(names).astype(np.float64))
         if att.ablated is not None:

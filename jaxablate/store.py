@@ -46,6 +46,7 @@ import json
 import numbers
 import os
 import re
+import time
 import warnings
 from collections.abc import Callable
 from datetime import datetime, timezone
@@ -65,10 +66,12 @@ from jaxablate.masks import MaskSet
 from jaxablate.metrics import Metric
 from jaxablate.model import GPT2
 from jaxablate.replacement import Replacement
+from jaxablate.sharding import placement
 from jaxablate.validation import check_replacement
 
 FORMAT = "jaxablate-results-store/1"
 CHUNKS_PER_FILE = 8  # compute chunks per committed file, by default
+POLL_S = 0.5  # seconds between looks for other processes' files
 MANIFEST = "manifest.json"
 _CHUNK = re.compile(r"chunk-(\d{6})\.([0-9a-f]{16})\.npy")
 _TMP = re.compile(r"\.(?:chunk-\d{6}|manifest)\.(\d+)\.tmp")
@@ -238,6 +241,7 @@ class ResultsStore:
                              "to") from None
         self.computed = 0
         self.reused = 0
+        self.computed_files: list[int] = []  # indices of the files this object computed
         self._memo: dict[Any, tuple[Any, str]] = {}
         if overwrite:
             self.clear()
@@ -272,13 +276,21 @@ class ResultsStore:
         reuse_prefix: bool = True,
         memory_budget: int | None = None,
         masks_per_file: int | None = None,
+        devices: Any = None,
+        mesh: Any = None,
+        wait_timeout: float | None = None,
     ) -> Float[np.ndarray, "n batch"]:
         """`jaxablate.sweep` with its results committed under `key`, resuming what is there.
 
         Arguments as `sweep`'s; key: the sweep's sub-folder; seed, ablation: recorded in the
         manifest (ablation defaults to the replacement's kind); masks_per_file: masks per
         committed file (default 8 compute chunks). chunk_size defaults to the manifest's
-        when resuming, else to the one `sweep` plans for the whole set.
+        when resuming, else to the one `sweep` plans for the whole set (per device, times
+        the devices). devices / mesh: as `sweep`'s (this process's devices).
+        Several processes (`jax.distributed.initialize`, a folder all of them see): process
+        p of P computes the missing files i with i % P == p, process 0 writes the manifest,
+        and each then waits (up to `wait_timeout` seconds, default forever) for the others'
+        files and returns the whole result: no file is computed twice.
         Raises StoreMismatchError when the stored results came from other inputs.
         """
         if not isinstance(metric, Metric):
@@ -318,14 +330,18 @@ class ResultsStore:
             chunk_size = stored["chunk_size"] if chunk_size is None else chunk_size
             masks_per_file = (stored["masks_per_file"] if masks_per_file is None
                               else masks_per_file)
+        place = placement(devices, mesh)
+        rank, world = jax.process_index(), jax.process_count()
         if chunk_size is None:
-            chunk_size = planned_chunk_size(model, tokens, mask_set, metric,
-                                            reuse_prefix=reuse_prefix,
-                                            memory_budget=memory_budget)
+            chunk_size = place.n_devices * planned_chunk_size(
+                model, tokens, mask_set, metric, reuse_prefix=reuse_prefix,
+                memory_budget=memory_budget)
         chunk_size = min(chunk_size, n)
         per_file = int(masks_per_file or chunk_size * CHUNKS_PER_FILE)
         chunk_size = min(chunk_size, per_file)  # files smaller than a chunk: smaller chunks
         inputs.update(chunk_size=chunk_size, masks_per_file=per_file)
+        if old is None and world > 1 and rank > 0:  # process 0 writes the manifest
+            old = self._wait_for_manifest(folder, wait_timeout)
         if old is not None:
             self._compare(folder, old["inputs"], inputs)
         else:
@@ -337,26 +353,69 @@ class ResultsStore:
                      "files": -(-n // per_file)}
             text = json.dumps({"format": FORMAT, "inputs": inputs, "about": about}, indent=1)
             _write_atomic(folder, MANIFEST, "manifest", text.encode())
-        self._remove_stale_tmp(folder)
+        if world == 1:  # another host's file in flight is not ours to judge by pid
+            self._remove_stale_tmp(folder)
 
         out = np.empty((n, batch), np.float32)
-        for i, lo in enumerate(range(0, n, per_file)):
-            hi = min(n, lo + per_file)
+        spans = [(i, lo, min(n, lo + per_file)) for i, lo in enumerate(range(0, n, per_file))]
+        others = []  # files another process computes
+        done = 0
+        for i, lo, hi in spans:
             values = self._load(folder, i, (hi - lo, batch))
+            if values is None and i % world != rank:
+                others.append((i, lo, hi))
+                continue
             if values is None:
                 values = self._compute(model, tokens, mask_set, replacement, metric, lo, hi,
-                                       chunk_size, progress, reuse_prefix, memory_budget)
+                                       chunk_size, progress, reuse_prefix, memory_budget,
+                                       devices, mesh)
                 self._commit(folder, i, values)
                 self.computed += 1
+                self.computed_files.append(i)
             else:
                 self.reused += 1
-            out[lo:hi] = values
-            if not np.isfinite(values).all():
-                raise NonFiniteMetricError(mask_set.names, values, offset=lo,
-                                           where=f" (stored in {folder})")
-            if progress is not None:
-                progress(hi, n)
+            done = self._take(out, values, mask_set, lo, hi, folder, progress, done)
+        deadline = None if wait_timeout is None else time.monotonic() + wait_timeout
+        while others:
+            waiting = []
+            for i, lo, hi in others:
+                values = self._load(folder, i, (hi - lo, batch))
+                if values is None:
+                    waiting.append((i, lo, hi))
+                else:
+                    self.reused += 1
+                    done = self._take(out, values, mask_set, lo, hi, folder, progress,
+                                      done)
+            others = waiting
+            if others and deadline is not None and time.monotonic() > deadline:
+                raise TimeoutError(f"results store {folder}: files {[i for i, *_ in others]} "
+                                   f"of other processes did not appear within {wait_timeout} "
+                                   "s; run the same command again to resume")
+            if others:
+                time.sleep(POLL_S)
         return out
+
+    def _take(self, out: np.ndarray, values: np.ndarray, mask_set: MaskSet, lo: int, hi: int,
+              folder: Path, progress: Callable[[int, int], None] | None, done: int) -> int:
+        """Put a file's values in `out` (NaN/inf: an error naming the masks) and report
+        progress; returns the masks done so far."""
+        out[lo:hi] = values
+        if not np.isfinite(values).all():
+            raise NonFiniteMetricError(mask_set.names, values, offset=lo,
+                                       where=f" (stored in {folder})")
+        if progress is not None:
+            progress(done + hi - lo, len(mask_set))
+        return done + hi - lo
+
+    def _wait_for_manifest(self, folder: Path, timeout: float | None) -> dict[str, Any]:
+        """Process 0's manifest of this sweep (other processes wait for it)."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while (manifest := self._read_manifest(folder)) is None:
+            if deadline is not None and time.monotonic() > deadline:
+                raise TimeoutError(f"results store {folder}: process 0 wrote no manifest "
+                                   f"within {timeout} s; is it running, on the same folder?")
+            time.sleep(POLL_S)
+        return manifest
 
     # -- internals ----------------------------------------------------------------------------
 
@@ -369,7 +428,7 @@ class ResultsStore:
         return self._memo[id(obj)][1]
 
     def _compute(self, model, tokens, mask_set, replacement, metric, lo, hi, chunk_size,
-                 progress, reuse_prefix, memory_budget) -> np.ndarray:
+                 progress, reuse_prefix, memory_budget, devices, mesh) -> np.ndarray:
         """Masks [lo, hi) in one sweep, padded with clean masks to a multiple of chunk_size
         (the same compiled programs for every file)."""
         part = mask_set.subset(range(lo, hi))
@@ -386,7 +445,7 @@ class ResultsStore:
         try:
             values = sweep(model, tokens, part, replacement, metric, chunk_size,
                            progress=report, reuse_prefix=reuse_prefix,
-                           memory_budget=memory_budget)
+                           memory_budget=memory_budget, devices=devices, mesh=mesh)
         except NonFiniteMetricError as error:  # committed first, reported by the caller
             values = error.values
         return np.ascontiguousarray(values[: hi - lo], np.float32)

@@ -73,6 +73,7 @@ from jaxablate.model import GPT2
 from jaxablate.replacement import Replacement
 from jaxablate.replacements import mean_replacement, resample_replacement, zero_replacement
 from jaxablate.screening import screen_and_verify
+from jaxablate.sharding import placement
 from jaxablate.stats import (CI_LEVEL, CLIFF_RULE, Effects, bootstrap_counts, effect_stats,
                              find_cliff, interaction_table, rankdata, spearman)
 from jaxablate.store import ResultsStore, masks_digest
@@ -170,7 +171,9 @@ class Study:
     store: a folder (or `jaxablate.store.ResultsStore`) where every sweep is committed chunk
     by chunk: a study run again with the same inputs resumes from it, one with other inputs
     is refused (`StoreMismatchError`) unless `overwrite=True` empties it first.
-    chunk_size: masks per compiled call (default: planned from the single-component set).
+    chunk_size: masks per compiled call per device (default: planned from the
+    single-component set). devices / mesh: the devices every sweep and the screening are
+    split over (default every local device; see `jaxablate.sharding`).
 
     Example:
         >>> study = Study(model, tasks.induction(64, vocab=model.cfg.d_vocab), ablation="mean")
@@ -184,7 +187,7 @@ class Study:
                  seed: int = 0, n_bootstrap: int = 1000, resample_draws: int = 5,
                  progress: Callable[[str, int, int], None] | None = None,
                  model_name: str | None = None, store: Any = None, overwrite: bool = False,
-                 chunk_size: int | None = None):
+                 chunk_size: int | None = None, devices: Any = None, mesh: Any = None):
         if not isinstance(model, GPT2):
             raise TypeError(f"model: expected a jaxablate GPT2 (load_gpt2), got "
                             f"{type(model).__name__}")
@@ -244,6 +247,8 @@ class Study:
         self._counts = bootstrap_counts(batch, self.n_bootstrap, self.seed)
         self._cache: dict[Any, Any] = {}
         self._chunk: int | None = chunk_size
+        self.devices, self.mesh = devices, mesh
+        self._n_devices = placement(devices, mesh).n_devices  # checks them, before any work
         if store is not None and not isinstance(store, ResultsStore):
             store = ResultsStore(store, overwrite=overwrite)
         elif store is not None and overwrite:
@@ -294,19 +299,21 @@ class Study:
             # Components parsed once (names would be re-parsed for every mask).
             padded = [[self._parsed[c] for c in s] for s in sets] + [[]] * (size - n)
             mask_set = masks_lib.from_components(self.model.cfg, padded)
-        chunk = min(self._chunk, len(mask_set))
+        chunk = min(self._chunk * self._n_devices, len(mask_set))
         report = None if self.progress is None else (
             lambda done, total: self.progress(step, done, total))
         if self.store is None:
             out = [sweep(self.model, self.tokens, mask_set, r, self.metric, chunk,
-                         progress=report, reuse_prefix=reuse_prefix)
+                         progress=report, reuse_prefix=reuse_prefix, devices=self.devices,
+                         mesh=self.mesh)
                    for r in self._replacements(ablation)]
         else:  # one stored sweep per draw, keyed by what it computes
             tag = masks_digest(mask_set)[:12]
             out = [self.store.sweep(self.model, self.tokens, mask_set, r, self.metric, chunk,
                                     key=f"{step}-{ablation}-d{d}-{tag}", seed=self.seed,
                                     ablation=ablation, progress=report,
-                                    reuse_prefix=reuse_prefix)
+                                    reuse_prefix=reuse_prefix, devices=self.devices,
+                                    mesh=self.mesh)
                    for d, r in enumerate(self._replacements(ablation))]
         return np.stack(out).astype(np.float64)[:, :n]
 

@@ -17,7 +17,8 @@ from jaxablate.cli import ProgressBars, main
 STUDY_OPTIONS = ("--model", "--task", "--prompts", "--tokenizer", "--template", "--n-prompts",
                  "--ablation", "--components", "--neuron-layers", "--seed", "--threshold",
                  "--out", "--json", "--no-plots", "--top", "--quiet", "--no-cache", "--screen",
-                 "--ig-steps", "--screen-top-k")
+                 "--ig-steps", "--screen-top-k", "--devices", "--distributed", "--coordinator",
+                 "--num-processes", "--process-id")
 
 
 class FakeResult:
@@ -98,6 +99,12 @@ def test_help_names_the_command_and_its_options(capsys):
     (["study", "--skip", "everything"], "unknown step 'everything'"),
     (["study", "--screen", "shap"], "invalid choice: 'shap'"),
     (["study", "--ig-steps", "0"], "expected a number >= 1"),
+    (["study", "--devices", "0"], "expected a number >= 1"),
+    (["study", "--coordinator", "localhost:1"], "go with --distributed"),
+    (["study", "--distributed", "--coordinator", "localhost:1"], "needs all of --coordinator"),
+    (["study", "--distributed", "--coordinator", "h:1", "--num-processes", "2",
+      "--process-id", "2"], "--process-id must be in [0, 2)"),
+    (["study", "--distributed", "--overwrite"], "--overwrite cannot be used with"),
     (["study", "--target", "1.5"], "fraction in (0, 1]"),
     (["study", "--prompts", "no-such-file.jsonl"], "no such file"),
     (["study", "--prompts", "{prompts}", "--task", "ioi"], "--prompts replaces --task"),
@@ -151,15 +158,15 @@ def test_study_options_reach_the_study_and_the_report(tmp_path, tiny_dir, fake_s
             "--components", "heads,mlp,neurons", "--neuron-layers", "1", "--threshold", "0.5",
             "--seed", "3", "--top", "5", "--out", str(out), "--no-cache", "--target", "0.9",
             "--interaction-top-k", "3", "--skip", "interactions,comparison", "--screen",
-            "grad", "--ig-steps", "4", "--screen-top-k", "6"]
+            "grad", "--ig-steps", "4", "--screen-top-k", "6", "--devices", "1"]
     assert main(argv) == 0
     (model, task, kwargs), = fake_study.calls
     assert model.cfg.n_layers == 2 and task.name == "induction" and len(task) == 8
     assert task.info["seed"] == 3 and task.tokens.max() < model.cfg.d_vocab
     assert {k: kwargs[k] for k in ("ablation", "components", "neuron_layers", "threshold",
-                                   "seed")} == {
+                                   "seed", "devices")} == {
         "ablation": "zero", "components": ("heads", "mlps", "neurons"),
-        "neuron_layers": (1,), "threshold": 0.5, "seed": 3}
+        "neuron_layers": (1,), "threshold": 0.5, "seed": 3, "devices": 1}
     assert callable(kwargs["progress"]) and kwargs["model_name"] == str(tiny_dir)
     assert kwargs["run"] == {"target": 0.9, "top_k": 3,
                              "steps": ("baseline", "single", "screening", "cumulative",
@@ -241,3 +248,11 @@ def test_end_to_end_on_your_own_prompts(tmp_path, gpt2_vocab_dir, tokenizer_dir,
     top = min(data["single"], key=lambda r: r["rank"])
     assert top["component"] in printed and "report:" in printed
     assert (out / "cumulative.csv").is_file() and not (out / "interactions.csv").exists()
+
+
+def test_more_devices_than_there_are_is_one_line(tmp_path, tiny_dir, capsys):
+    argv = ["study", "--model", str(tiny_dir), "--n-prompts", "4", "--devices", "3", "--out",
+            str(tmp_path), "--quiet", "--no-cache"]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "devices: expected a count in [1, 1]" in err and err.strip().count("\n") == 0, err
