@@ -47,7 +47,7 @@ from jaxablate.attribution import attribute
 from jaxablate.reference import tl_from_hf
 from jaxablate.stats import spearman
 
-from bench_sweep import (GPT2_SMALL, RESULTS_DIR, SEQ_LEN, TINY, Timer, _fmt_s, compare,
+from bench_sweep import (GPT2_SMALL, RESULTS_DIR, TINY, Timer, _fmt_s, compare,
                          evenly_spaced, heads_by_layer, jax_sweep, machine_info, make_hf_model,
                          make_prompts, progress_printer, tl_loop, tl_mean_z)
 

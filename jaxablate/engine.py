@@ -251,6 +251,27 @@ def _schedule(model: GPT2, mask_set: MaskSet, batch: int, seq: int, n_read: int,
     return _Schedule(first, last, parents, parent_of, own, blocks, block, chunk_size)
 
 
+def check_sweep(model: GPT2, tokens: Any, masks: MaskSet | Mask, replacement: Any,
+                metric: Metric, chunk_size: Any, memory_budget: int | None
+                ) -> tuple[np.ndarray, MaskSet, np.ndarray, dict[str, np.ndarray], int | None]:
+    """A sweep's arguments checked on the host before anything compiles: (tokens int32
+    [batch, seq], the MaskSet, the metric's positions [batch, k] and data, the explicit chunk
+    size or None). Raises the ValueError/TypeError that names the problem."""
+    if not isinstance(metric, Metric):
+        raise TypeError(f"metric: expected one of jaxablate.metrics (logit_diff, accuracy, "
+                        f"prob, loss, kl_to_clean), got {type(metric).__name__}")
+    tokens = validate_call(model, tokens, None, None)
+    batch, seq = tokens.shape
+    mask_set = as_mask_set(masks, model, seq)
+    n_features = None if model.sae is None else model.sae.n_features
+    check_replacement(replacement, mask_set.kinds, model.cfg, seq, batch, n_features)
+    positions, data = metric.prepare(tokens, model.cfg)
+    if chunk_size is not None:
+        chunk_size = check_chunk_size(model, batch, seq, positions.shape[1], chunk_size,
+                                      memory_budget)
+    return tokens, mask_set, positions, data, chunk_size
+
+
 def planned_chunk_size(model: GPT2, tokens: Any, masks: MaskSet | Mask, metric: Metric, *,
                        reuse_prefix: bool = True, memory_budget: int | None = None) -> int:
     """The chunk size `sweep` picks for these arguments (masks per compiled call).
@@ -314,20 +335,11 @@ def sweep(
                            progress=progress, reuse_prefix=reuse_prefix,
                            memory_budget=memory_budget, devices=devices, mesh=mesh)
     place = placement(devices, mesh)
-    if not isinstance(metric, Metric):
-        raise TypeError(f"metric: expected one of jaxablate.metrics (logit_diff, accuracy, "
-                        f"prob, loss, kl_to_clean), got {type(metric).__name__}")
-    tokens = validate_call(model, tokens, None, None)
+    tokens, mask_set, positions, data, chunk_size = check_sweep(
+        model, tokens, masks, replacement, metric, chunk_size, memory_budget)
     batch, seq = tokens.shape
-    mask_set = as_mask_set(masks, model, seq)
-    n_features = None if model.sae is None else model.sae.n_features
-    check_replacement(replacement, mask_set.kinds, model.cfg, seq, batch, n_features)
-    positions, data = metric.prepare(tokens, model.cfg)
     n = len(mask_set)
     explicit = chunk_size is not None
-    if explicit:
-        chunk_size = check_chunk_size(model, batch, seq, positions.shape[1], chunk_size,
-                                      memory_budget)
     plan = _schedule(model, mask_set, batch, seq, positions.shape[1], metric, chunk_size,
                      memory_budget, reuse_prefix)
     first, last, parents, parent_of = plan.first, plan.last, plan.parents, plan.parent_of

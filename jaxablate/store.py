@@ -59,15 +59,12 @@ import numpy as np
 from jaxtyping import Float
 
 from jaxablate import masks as masks_lib
-from jaxablate.engine import (NonFiniteMetricError, as_mask_set, check_chunk_size,
-                              planned_chunk_size, sweep)
-from jaxablate.forward import validate_call
+from jaxablate.engine import NonFiniteMetricError, check_sweep, planned_chunk_size, sweep
 from jaxablate.masks import MaskSet
 from jaxablate.metrics import Metric
 from jaxablate.model import GPT2
 from jaxablate.replacement import Replacement
 from jaxablate.sharding import placement
-from jaxablate.validation import check_replacement
 
 FORMAT = "jaxablate-results-store/1"
 CHUNKS_PER_FILE = 8  # compute chunks per committed file, by default
@@ -293,20 +290,11 @@ class ResultsStore:
         files and returns the whole result: no file is computed twice.
         Raises StoreMismatchError when the stored results came from other inputs.
         """
-        if not isinstance(metric, Metric):
-            raise TypeError(f"metric: expected one of jaxablate.metrics, got "
-                            f"{type(metric).__name__}")
         if not isinstance(key, str) or not _KEY.fullmatch(key):
             raise ValueError(f"key: expected letters, digits, '.', '_' or '-', got {key!r}")
-        tokens = validate_call(model, tokens, None, None)
-        batch, seq = tokens.shape
-        mask_set = as_mask_set(masks, model, seq)
-        n_features = None if model.sae is None else model.sae.n_features
-        check_replacement(replacement, mask_set.kinds, model.cfg, seq, batch, n_features)
-        positions, _ = metric.prepare(tokens, model.cfg)
-        if chunk_size is not None:
-            chunk_size = check_chunk_size(model, batch, seq, positions.shape[1], chunk_size,
-                                          memory_budget)
+        tokens, mask_set, _, _, chunk_size = check_sweep(model, tokens, masks, replacement,
+                                                         metric, chunk_size, memory_budget)
+        batch = tokens.shape[0]
         if masks_per_file is not None and (isinstance(masks_per_file, bool) or not
                                            isinstance(masks_per_file, numbers.Integral)
                                            or masks_per_file < 1):

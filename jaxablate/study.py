@@ -74,8 +74,8 @@ from jaxablate.replacement import Replacement
 from jaxablate.replacements import mean_replacement, resample_replacement, zero_replacement
 from jaxablate.screening import screen_and_verify
 from jaxablate.sharding import placement
-from jaxablate.stats import (CI_LEVEL, CLIFF_RULE, Effects, bootstrap_counts, effect_stats,
-                             find_cliff, interaction_table, rankdata, spearman)
+from jaxablate.stats import (CI_LEVEL, Effects, bootstrap_counts, effect_stats,
+                             find_cliff, interaction_table, spearman)
 from jaxablate.store import ResultsStore, masks_digest
 from jaxablate.tasks.base import Task
 from jaxablate.validation import check_tokens

@@ -87,3 +87,26 @@ def tokenizer_dir():
     if not (TOKENIZER_DIR / "vocab.json").is_file():
         pytest.skip(f"GPT-2 tokenizer files not found at {TOKENIZER_DIR}")
     return TOKENIZER_DIR
+
+
+@pytest.fixture(scope="session")
+def gpt2_vocab_dir(tmp_path_factory):
+    """A tiny random GPT-2 with GPT-2's own vocabulary (saved like `save_pretrained`), so the
+    real tokenizer fits it."""
+    folder = tmp_path_factory.mktemp("tiny-gpt2-vocab")
+    make_hf_model(tiny_hf_config(vocab_size=50257, eos_token_id=50256, bos_token_id=50256),
+                  seed=1).save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def triton_interpreter():
+    """Without a GPU, run Triton kernels in Triton's CPU interpreter (for the module that asks,
+    with `pytestmark = pytest.mark.usefixtures("triton_interpreter")`)."""
+    import torch
+
+    with pytest.MonkeyPatch.context() as mp:
+        if not torch.cuda.is_available():
+            mp.setenv("TRITON_INTERPRET", "1")
+        yield
+

@@ -193,10 +193,10 @@ CASES = [
     Api("multi-token-answer", lambda c: ja.tasks.from_jsonl(c.two_token_jsonl, c.tokenizer),
         r"line 1: 'correct' answer 'Maryland' is 2 tokens", "expected exactly 1 token"),
     # -- the command line --------------------------------------------------------------------
-    Cli("cli-empty-prompt-file", ("--model", "{vocab_model}", "--prompts", "{empty_jsonl}",
+    Cli("cli-empty-prompt-file", ("--model", "{gpt2_vocab_dir}", "--prompts", "{empty_jsonl}",
                                   "--tokenizer", "{tokenizer_dir}"),
         "the file is empty", "expected one JSON object per line"),
-    Cli("cli-multi-token-answer", ("--model", "{vocab_model}", "--prompts", "{two_token_jsonl}",
+    Cli("cli-multi-token-answer", ("--model", "{gpt2_vocab_dir}", "--prompts", "{two_token_jsonl}",
                                    "--tokenizer", "{tokenizer_dir}"),
         "'correct' answer 'Maryland' is 2 tokens", "expected exactly 1 token"),
     Cli("cli-nan-in-weights", ("--model", "{nan_dir}"),
@@ -253,15 +253,6 @@ def ctx(tiny_model, tiny_dir, tmp_path_factory):
         empty_jsonl=empty, two_token_jsonl=two, tokenizer=tokenizer, tiny=tiny_dir)
 
 
-@pytest.fixture(scope="module")
-def vocab_model(tmp_path_factory):
-    """A tiny random GPT-2 with GPT-2's vocabulary, so the real tokenizer fits it."""
-    folder = tmp_path_factory.mktemp("tiny-gpt2-vocab")
-    make_hf_model(tiny_hf_config(vocab_size=50257, eos_token_id=50256, bos_token_id=50256),
-                  seed=1).save_pretrained(folder)
-    return folder
-
-
 def test_the_table_has_25_or_more_distinct_bad_inputs():
     names = [case.name for case in CASES]
     assert len(names) == len(set(names)) >= 25
@@ -295,8 +286,8 @@ def test_bad_input_names_the_problem_and_the_fix(case, ctx, request, capsys):
         where = {"tiny": ctx.tiny, "nan_dir": ctx.nan_dir, "file": ctx.file,
                  "empty_jsonl": ctx.empty_jsonl, "two_token_jsonl": ctx.two_token_jsonl,
                  "tokenizer_dir": TOKENIZER_DIR}
-        if "{vocab_model}" in case.argv:
-            where["vocab_model"] = request.getfixturevalue("vocab_model")
+        if "{gpt2_vocab_dir}" in case.argv:
+            where["gpt2_vocab_dir"] = request.getfixturevalue("gpt2_vocab_dir")
             capsys.readouterr()  # what building it printed
         argv = ["study", *(a.format(**where) for a in case.argv)]
         if "--out" not in argv:

@@ -9,7 +9,6 @@ import sys
 import types
 
 import pytest
-from conftest import make_hf_model, tiny_hf_config
 from test_report import BASELINE, synthetic_result
 
 from jaxablate.cli import ProgressBars, main
@@ -48,15 +47,6 @@ class FakeStudy:
                 for done in range(total + 1):
                     self.progress(step, done, total)
         return FakeResult()
-
-
-@pytest.fixture(scope="module")
-def gpt2_vocab_dir(tmp_path_factory):
-    """A tiny random GPT-2 with GPT-2's own vocabulary, so the real tokenizer fits it."""
-    folder = tmp_path_factory.mktemp("tiny-gpt2-vocab")
-    make_hf_model(tiny_hf_config(vocab_size=50257, eos_token_id=50256, bos_token_id=50256),
-                  seed=1).save_pretrained(folder)
-    return folder
 
 
 def write_prompts(path):

@@ -1,9 +1,9 @@
 """The fused blend + W_O Triton kernel against its PyTorch reference, and the reference against
 an independent float64 NumPy computation of the same formula.
 
-Without CUDA the kernel runs in Triton's CPU interpreter (TRITON_INTERPRET=1, set by the
-fixture below before the kernel is first built) on small shapes; the CUDA-only tests (the
-autotuned kernel at GPT-2-small shapes) skip cleanly without a GPU.
+Without CUDA the kernel runs in Triton's CPU interpreter (TRITON_INTERPRET=1, set by
+conftest.py's fixture before the kernel is first built) on small shapes; the CUDA-only tests
+(the autotuned kernel at GPT-2-small shapes) skip cleanly without a GPU.
 
 Tolerances (`torch.testing.assert_close`, which prints the difference):
   * float32: rtol = atol = 1e-5. Kernel and reference take the same float32 blend and an IEEE
@@ -40,13 +40,8 @@ BF16_TOL = dict(rtol=1e-2, atol=1e-2) if CUDA else F32_TOL
 needs_cuda = pytest.mark.skipif(not CUDA, reason="needs a CUDA GPU (compiled, autotuned kernel)")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def triton_interpreter():
-    """Without a GPU, run the kernel in Triton's CPU interpreter (for this module only)."""
-    with pytest.MonkeyPatch.context() as mp:
-        if not CUDA:
-            mp.setenv("TRITON_INTERPRET", "1")
-        yield
+# Without a GPU the kernel runs in Triton's CPU interpreter (conftest.triton_interpreter).
+pytestmark = pytest.mark.usefixtures("triton_interpreter")
 
 
 def make_operands(n=3, batch=2, seq=5, heads=3, d_head=12, d_model=24, *, keep="frac",

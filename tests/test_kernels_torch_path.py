@@ -35,13 +35,8 @@ BF16_TOL = dict(rtol=0.0, atol=1e-3)
 KERNELS = ["torch", "triton"]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def triton_interpreter():
-    """Without a GPU, run the kernel in Triton's CPU interpreter (for this module only)."""
-    with pytest.MonkeyPatch.context() as mp:
-        if not CUDA:
-            mp.setenv("TRITON_INTERPRET", "1")
-        yield
+# Without a GPU the kernel runs in Triton's CPU interpreter (conftest.triton_interpreter).
+pytestmark = pytest.mark.usefixtures("triton_interpreter")
 
 
 @pytest.fixture(scope="module")
