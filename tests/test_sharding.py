@@ -199,3 +199,29 @@ def test_bad_device_arguments(tiny_model, kwargs, error, message):
 def test_one_device_is_the_unsharded_program():
     assert placement().mesh is None and placement(1).n_devices == 1
     assert placement().round_up(7) == 7
+
+
+def test_distributed_command_line(tmp_path, tiny_dir):
+    # `jaxablate study --distributed` on two local processes: both finish, process 1 leaves
+    # the report to process 0, and the study equals a one-process run.
+    port = _free_port()
+    common = ["study", "--model", str(tiny_dir), "--n-prompts", "6", "--skip",
+              "circuit,comparison", "--quiet", "--no-cache", "--json", "--no-plots"]
+    code = "import sys; from jaxablate.cli import main; sys.exit(main(sys.argv[1:]))"
+    children = [run_child(code, args=common + [
+        "--out", tmp_path / "shared", "--distributed", "--coordinator", f"localhost:{port}",
+        "--num-processes", "2", "--process-id", str(rank)]) for rank in (0, 1)]
+    outputs = [child.communicate(timeout=300) for child in children]
+    for child, (out, err) in zip(children, outputs):
+        assert child.returncode == 0, f"stdout:\n{out}\nstderr:\n{err}"
+    assert "process 1 of 2: done" in outputs[1][1] and outputs[1][0] == ""
+    shared = json.loads((tmp_path / "shared" / "study.json").read_text())
+    alone_child = run_child(code, args=common + ["--out", tmp_path / "alone"])
+    out, err = alone_child.communicate(timeout=300)
+    assert alone_child.returncode == 0, err
+    alone = json.loads((tmp_path / "alone" / "study.json").read_text())
+    for a, b in zip(shared["single"], alone["single"]):
+        assert a["component"] == b["component"]
+        assert a["effect"] == pytest.approx(b["effect"], abs=1e-6)
+    assert [p["joint"] for p in shared["interactions"]["pairs"]] == pytest.approx(
+        [p["joint"] for p in alone["interactions"]["pairs"]], abs=1e-6)
