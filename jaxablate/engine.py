@@ -309,8 +309,9 @@ def sweep(
 
     tokens: int [batch, seq]. masks: a `MaskSet` from `jaxablate.masks` (or a dense stacked
     `Mask` with leading axis N). replacement: from zero/mean/resample_replacement. metric:
-    from `jaxablate.metrics`. chunk_size: masks per compiled call (default: the size
-    of least estimated cost that fits `memory_budget` bytes, see `jaxablate.schedule`). progress(done, total) is called after every chunk.
+    from `jaxablate.metrics`. chunk_size: masks per compiled call (default: the size of least
+    estimated cost that fits `memory_budget` bytes, see `jaxablate.schedule`).
+    progress(done, total) is called after every chunk.
     reuse_prefix=False runs every mask from layer 0 (slower; same numbers up to rounding).
     store: a folder (or `jaxablate.store.ResultsStore`): results are committed there chunk
     by chunk and the same call again resumes, computing only the missing chunks; a store
