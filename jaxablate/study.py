@@ -77,11 +77,13 @@ from jaxablate.sharding import placement
 from jaxablate.stats import (CI_LEVEL, Effects, bootstrap_counts, effect_stats,
                              find_cliff, interaction_table, spearman)
 from jaxablate.store import ResultsStore, masks_digest
+from jaxablate.study_checks import (ABLATIONS, KINDS, _check_fractions, _check_int,
+                                    _check_kinds, _check_screening, _check_target,
+                                    _check_types)
+from jaxablate.study_result import StudyResult
 from jaxablate.tasks.base import Task
 from jaxablate.validation import check_tokens
 
-ABLATIONS = ("zero", "mean", "resample")
-KINDS = {"heads": "head", "mlps": "mlp", "neurons": "neuron"}  # study kind -> report kind
 STEPS = ("baseline", "single", "screening", "cumulative", "circuit", "interactions",
          "ablation_comparison")
 DEFAULT_FRACTIONS = tuple(round(0.1 * i, 1) for i in range(1, 11))
@@ -101,57 +103,6 @@ def _json(x: Any) -> Any:
     if isinstance(x, (float, np.floating)):
         return float(x) if math.isfinite(x) else None
     return x
-
-
-# ---------------------------------------------------------------------------------------------
-# Validation (host only, before anything compiles).
-
-
-def _check_int(value: Any, name: str, least: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < least:
-        raise ValueError(f"{name} must be an int >= {least}, got {value!r}")
-    return int(value)
-
-
-def _check_target(target: Any) -> float:
-    if isinstance(target, bool) or not isinstance(target, (int, float)) or not 0 < target <= 1:
-        raise ValueError(f"target must be a fraction in (0, 1], got {target!r}")
-    return float(target)
-
-
-def _check_fractions(fractions: Sequence[float]) -> np.ndarray:
-    values = np.asarray(fractions, np.float64).reshape(-1)
-    if not len(values) or not ((values > 0) & (values <= 1)).all():
-        raise ValueError(f"fractions must be non-empty and lie in (0, 1], got {fractions!r}")
-    return np.unique(values)
-
-
-def _check_types(types: Sequence[str]) -> tuple[str, ...]:
-    types = (types,) if isinstance(types, str) else tuple(types)
-    bad = [t for t in types if t not in ABLATIONS]
-    if bad or len(types) < 2 or len(set(types)) != len(types):
-        raise ValueError(f"types must be two or more distinct ablation types of {ABLATIONS}, "
-                         f"got {types!r}")
-    return types
-
-
-def _check_screening(method: Any, steps: Any, top_k: Any, n: int) -> None:
-    if method not in ("grad", "ig"):
-        raise ValueError(f"screen_method must be 'grad' or 'ig', got {method!r}")
-    _check_int(steps, "screen_steps", 1)
-    if top_k is not None and _check_int(top_k, "screen_top_k", 1) > n:
-        raise ValueError(f"screen_top_k must be <= the {n} components studied, got {top_k}")
-
-
-def _check_kinds(components: Any) -> tuple[str, ...]:
-    given = (components,) if isinstance(components, str) else tuple(components)
-    plural = {v: k for k, v in KINDS.items()}
-    kinds = tuple(plural.get(c, c) for c in given)
-    bad = [c for c in kinds if c not in KINDS]
-    if bad or not kinds or len(set(kinds)) != len(kinds):
-        raise ValueError(f"components must be distinct kinds among {tuple(KINDS)}, "
-                         f"got {components!r}")
-    return kinds
 
 
 # ---------------------------------------------------------------------------------------------
@@ -554,37 +505,3 @@ class Study:
                          "numpy": np.__version__},
             "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
             "seconds": seconds or {}})
-
-
-@dataclasses.dataclass(frozen=True)
-class StudyResult:
-    """Every step of a `Study.run()`, each a JSON-able section (None where skipped)."""
-
-    meta: dict[str, Any]
-    baseline: dict[str, Any]
-    single: list[dict[str, Any]]
-    screening: dict[str, Any] | None = None
-    cumulative: dict[str, Any] | None = None
-    circuit: dict[str, Any] | None = None
-    interactions: dict[str, Any] | None = None
-    ablation_comparison: dict[str, Any] | None = None
-
-    def to_dict(self) -> dict[str, Any]:
-        """The whole result as plain JSON types (`json.dumps(..., allow_nan=False)` works)."""
-        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
-
-    def table(self, k: int = 10) -> str:
-        """The k largest effects as a ranked text table: rank, component, effect ± s.e.,
-        95% CI, flags."""
-        m, b = self.meta, self.baseline
-        lines = [f"{m['ablation']} ablation, {m['metric']} (effect > 0: the component helps); "
-                 f"baseline {b['mean']:.4f} ± {b['sem']:.4f} over {m['n_prompts']} prompts; "
-                 f"critical above {m['threshold']:.4g}",
-                 f"{'rank':>4}  {'component':<12} {'effect ± s.e.':>21}  {'95% CI':^21}  flags"]
-        for r in sorted(self.single, key=lambda r: r["rank"])[:k]:
-            flags = [f for f, key in (("critical", "critical"), ("negative", "negative"),
-                                      ("no effect", "no_effect")) if r[key]]
-            lines.append(f"{r['rank']:>4}  {r['component']:<12} {r['effect']:+10.4f} ± "
-                         f"{r['sem']:<8.4f}  [{r['ci_low']:+.4f}, {r['ci_high']:+.4f}]  "
-                         f"{', '.join(flags)}")
-        return "\n".join(lines)
