@@ -26,6 +26,11 @@ differ from the manifest's is refused with a `StoreMismatchError` naming what ch
 results of two runs are never mixed; `ResultsStore(folder, overwrite=True)` (command line:
 `--overwrite`) deletes the folder's sweeps first.
 
+Several processes (`jax.distributed.initialize`, one folder all of them see). Process p of
+P computes the missing files i with i % P == p on its own devices; process 0 writes the
+manifest and the others wait for it; each then reads the other processes' files as they
+appear, so every process returns the whole result and no file is computed twice.
+
 Determinism. A file's numbers depend only on its masks (same composition, same compiled
 programs), so a resumed sweep equals an uninterrupted one bit for bit (tested with a real
 SIGKILL). Another chunk size, file size, mask order or `reuse_prefix` regroups the masks
