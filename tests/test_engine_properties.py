@@ -103,8 +103,9 @@ def draw_masks(data, cfg, seq, n):
 
 
 @st.composite
-def setups(draw):
-    index = draw(st.integers(0, len(POOL) - 1))
+def setups(draw, indices=None):
+    """(cfg, seq, seed, tokens) of a pool entry (any, or one of `indices`)."""
+    index = draw(st.sampled_from(indices) if indices else st.integers(0, len(POOL) - 1))
     cfg, seq = make_cfg(index)
     seed = draw(st.integers(0, 2**31 - 1))
     tokens = draw(hnp.arrays(np.int32, (BATCH, seq), elements=st.integers(0, cfg.d_vocab - 1)))

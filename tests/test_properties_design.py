@@ -28,9 +28,8 @@ import jax.numpy as jnp
 import numpy as np
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from hypothesis.extra import numpy as hnp
-from test_engine_properties import (ATOL, BATCH, draw_masks, make_cfg, random_model,
-                                    random_replacement)
+from test_engine_properties import (ATOL, BATCH, draw_masks, random_model, random_replacement,
+                                    setups)
 
 import jaxablate
 from jaxablate import Mask, Replacement, masks, metrics
@@ -41,22 +40,13 @@ SETTINGS = settings(max_examples=6, deadline=None, database=None,
                                            HealthCheck.function_scoped_fixture])
 
 
-@st.composite
-def setups(draw):
-    """(cfg, seq, seed, tokens) of pool entry 0 (1 layer, 1 head) or 3 (3 layers, 3 heads)."""
-    cfg, seq = make_cfg(draw(st.sampled_from([0, 3])))
-    seed = draw(st.integers(0, 2**31 - 1))
-    tokens = draw(hnp.arrays(np.int32, (BATCH, seq), elements=st.integers(0, cfg.d_vocab - 1)))
-    return cfg, seq, seed, tokens
-
-
 def random_metric(cfg, rng):
     return metrics.logit_diff(rng.integers(0, cfg.d_vocab, BATCH),
                               rng.integers(0, cfg.d_vocab, BATCH))
 
 
 @SETTINGS
-@given(setups(), st.data())
+@given(setups([0, 3]), st.data())
 def test_keep_all_masks_in_a_sweep_give_the_clean_metric(setup, data):
     cfg, seq, seed, tokens = setup
     model = random_model(cfg, seed)
@@ -78,7 +68,7 @@ def test_keep_all_masks_in_a_sweep_give_the_clean_metric(setup, data):
 
 
 @SETTINGS
-@given(setups(), st.data())
+@given(setups([0, 3]), st.data())
 def test_zero_keep_weight_injects_the_replacement(setup, data):
     # The whole residual stream entering layer L replaced by prompt B's: the output is B's.
     cfg, seq, seed, tokens = setup
@@ -100,7 +90,7 @@ def test_zero_keep_weight_injects_the_replacement(setup, data):
 
 
 @SETTINGS
-@given(setups(), st.sampled_from(["heads", "mlps", "neurons"]), st.data())
+@given(setups([0, 3]), st.sampled_from(["heads", "mlps", "neurons"]), st.data())
 def test_the_blend_interpolates_between_the_endpoints(setup, kind, data):
     cfg, seq, seed, tokens = setup
     model = random_model(cfg, seed)
