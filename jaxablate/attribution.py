@@ -43,6 +43,7 @@ import numpy as np
 from jaxtyping import Array, Float
 
 from jaxablate.components import Component, check_component, parse_component
+from jaxablate.errors import InputError, InputTypeError
 from jaxablate.forward import validate_call
 from jaxablate.mask import KINDS, Mask
 from jaxablate.metrics import Metric
@@ -106,11 +107,11 @@ class Attribution(eqx.Module):
         for spec in names:
             c = parse_component(spec)
             if c.kind not in fields:
-                raise ValueError(f"{c.name!r} is of kind {c.kind!r}, not among the kinds "
+                raise InputError(f"{c.name!r} is of kind {c.kind!r}, not among the kinds "
                                  f"scored {list(fields)}")
             values = fields[c.kind]
             if any(not 0 <= i < n for i, n in zip(c.index, values.shape[1:])):
-                raise ValueError(f"{c.name!r} is out of range for the scored {c.kind} of "
+                raise InputError(f"{c.name!r} is out of range for the scored {c.kind} of "
                                  f"shape {list(values.shape[1:])}")
             rows.append(values[(slice(None),) + c.index])
         return np.stack(rows) if rows else np.zeros((0, len(self.clean)), np.float32)
@@ -136,7 +137,7 @@ def _select_mask(ones: Mask, components: Sequence[Any] | None, cfg: Any, seq: in
     for spec in components:
         c = parse_component(spec)
         if c.kind not in fields:
-            raise ValueError(f"components: {c.name!r} is of kind {c.kind!r}, not among the "
+            raise InputError(f"components: {c.name!r} is of kind {c.kind!r}, not among the "
                              f"kinds scored {list(fields)}")
         check_component(c, cfg, seq, n_features)
         fields[c.kind][c.index] = 1.0
@@ -217,33 +218,33 @@ def attribute(
         >>> att.mean().heads            # [layer, head]: estimated change of the logit diff
     """
     if method not in METHODS:
-        raise ValueError(f"method: expected one of {list(METHODS)}, got {method!r}")
+        raise InputError(f"method: expected one of {list(METHODS)}, got {method!r}")
     if isinstance(steps, bool) or not isinstance(steps, numbers.Integral) or steps < 1:
-        raise ValueError(f"steps must be a positive int, got {steps!r}")
+        raise InputError(f"steps must be a positive int, got {steps!r}")
     if chunk_size is not None and (isinstance(chunk_size, bool)
                                    or not isinstance(chunk_size, numbers.Integral)
                                    or chunk_size < 1):
-        raise ValueError(f"chunk_size must be a positive int, got {chunk_size!r}")
+        raise InputError(f"chunk_size must be a positive int, got {chunk_size!r}")
     if not isinstance(metric, Metric):
-        raise TypeError(f"metric: expected one of jaxablate.metrics (logit_diff, prob, loss, "
+        raise InputTypeError(f"metric: expected one of jaxablate.metrics (logit_diff, prob, loss, "
                         f"kl_to_clean), got {type(metric).__name__}")
     if isinstance(kinds, str):
         kinds = (kinds,)
     kinds = tuple(kinds)
     unknown = [k for k in kinds if k not in KINDS]
     if unknown or not kinds:
-        raise ValueError(f"kinds: unknown mask kinds {unknown or kinds}; known kinds are "
+        raise InputError(f"kinds: unknown mask kinds {unknown or kinds}; known kinds are "
                          f"{list(KINDS)}")
     if len(set(kinds)) != len(kinds):
-        raise ValueError(f"kinds: repeated kinds in {list(kinds)}")
+        raise InputError(f"kinds: repeated kinds in {list(kinds)}")
     if components is not None and method != "ig":
-        raise ValueError("components= selects the integrated-gradients path; with "
+        raise InputError("components= selects the integrated-gradients path; with "
                          "method='grad' every component's gradient is taken at m = 1 anyway")
     tokens = validate_call(model, tokens, None, None)
     batch, seq = tokens.shape
     n_features = None if model.sae is None else model.sae.n_features
     if "sae_features" in kinds and n_features is None:
-        raise ValueError("kinds: 'sae_features' needs a model with an SAE; attach one with "
+        raise InputError("kinds: 'sae_features' needs a model with an SAE; attach one with "
                          "jaxablate.attach_sae")
     kinds = tuple(k for k in KINDS if k in kinds)  # canonical order
     check_replacement(replacement, kinds, model.cfg, seq, batch, n_features)

@@ -16,6 +16,7 @@ import re
 from typing import Any, NamedTuple
 
 from jaxablate.config import GPT2Config
+from jaxablate.errors import InputError
 
 
 class Component(NamedTuple):
@@ -76,13 +77,13 @@ def parse_component(spec: Any) -> Component:
             if match:
                 kind, index = build([int(g) for g in match.groups()])
                 return Component(kind, tuple(index))
-        raise ValueError(f"unknown component name {spec!r}; write e.g. {_EXAMPLES}")
+        raise InputError(f"unknown component name {spec!r}; write e.g. {_EXAMPLES}")
     if isinstance(spec, tuple) and spec and isinstance(spec[0], str):
         build = _TUPLE_KINDS.get((spec[0], len(spec)))
         if build and all(isinstance(v, int) for v in spec[1:]):
             kind, index = build(spec)
             return Component(kind, tuple(index))
-    raise ValueError(f"unknown component {spec!r}; write e.g. {_EXAMPLES}")
+    raise InputError(f"unknown component {spec!r}; write e.g. {_EXAMPLES}")
 
 
 def check_component(
@@ -100,7 +101,7 @@ def check_component(
     for value, (what, limit) in zip(component.index, limits):
         if limit is None:
             need = "seq_len" if what == "position" else "a model with an SAE"
-            raise ValueError(f"component {component.name!r} needs {need}")
+            raise InputError(f"component {component.name!r} needs {need}")
         if not 0 <= value < limit:
-            raise ValueError(f"component {component.name!r}: {what} {value} is out of range "
+            raise InputError(f"component {component.name!r}: {what} {value} is out of range "
                              f"[0, {limit})")

@@ -21,6 +21,8 @@ import dataclasses
 from collections.abc import Mapping
 from typing import Any
 
+from jaxablate.errors import InputError
+
 # HF config attributes that change GPT-2's arithmetic, and the only values we implement.
 # Anything else there (names, tokenizer ids, generation settings) does not affect logits.
 _REQUIRED_HF_VALUES: dict[str, tuple[Any, ...]] = {
@@ -55,9 +57,9 @@ class GPT2Config:
         for name in ("n_layers", "n_heads", "d_model", "d_mlp", "d_vocab", "n_ctx"):
             value = getattr(self, name)
             if not isinstance(value, int) or value < 1:
-                raise ValueError(f"GPT2Config.{name} must be a positive int, got {value!r}")
+                raise InputError(f"GPT2Config.{name} must be a positive int, got {value!r}")
         if self.d_model % self.n_heads:
-            raise ValueError(
+            raise InputError(
                 f"d_model ({self.d_model}) must be divisible by n_heads ({self.n_heads})"
             )
 
@@ -76,20 +78,20 @@ class GPT2Config:
         """
         model_type = hf.get("model_type")
         if model_type != "gpt2":
-            raise ValueError(
+            raise InputError(
                 f"config model_type is {model_type!r}, not 'gpt2': jaxablate implements the "
                 "GPT-2 architecture only (gpt2, gpt2-medium/large/xl, distilgpt2, and repos "
                 "with model_type 'gpt2')"
             )
         for key, allowed in _REQUIRED_HF_VALUES.items():
             if key in hf and hf[key] not in allowed:
-                raise ValueError(
+                raise InputError(
                     f"config {key}={hf[key]!r} is not supported; GPT-2 uses {allowed[0]!r}"
                 )
         missing = [k for k in ("n_layer", "n_head", "n_embd", "vocab_size", "n_positions")
                    if k not in hf]
         if missing:
-            raise ValueError(f"config.json lacks GPT-2 fields {missing}")
+            raise InputError(f"config.json lacks GPT-2 fields {missing}")
         d_model = hf["n_embd"]
         return cls(
             n_layers=hf["n_layer"],

@@ -25,14 +25,14 @@ import numpy as np
 from jaxtyping import Float
 
 from jaxablate import masks as masks_lib
+from jaxablate.errors import InputError, InputTypeError
 from jaxablate.forward import validate_call
 from jaxablate.mask import Mask
 from jaxablate.masks import MaskSet
 from jaxablate.metrics import Metric, vocab_columns
 from jaxablate.model import GPT2
 from jaxablate.replacement import Replacement
-from jaxablate.schedule import (budget_bytes, check_chunk_size, default_chunk_size,
-                                plan_chunk_size)
+from jaxablate.schedule import budget_bytes, check_chunk_size, default_chunk_size, plan_chunk_size
 from jaxablate.sharding import placement
 from jaxablate.validation import check_replacement
 
@@ -45,20 +45,20 @@ def as_mask_set(masks: Any, model: GPT2, seq_len: int) -> MaskSet:
     if isinstance(masks, Mask):
         return masks_lib.from_stacked(masks, model.cfg, seq_len=seq_len, n_features=n_features)
     if not isinstance(masks, MaskSet):
-        raise TypeError(f"masks: expected a MaskSet (jaxablate.masks.*) or a stacked Mask, "
+        raise InputTypeError(f"masks: expected a MaskSet (jaxablate.masks.*) or a stacked Mask, "
                         f"got {type(masks).__name__}")
     if masks.cfg != model.cfg:
-        raise ValueError(f"masks were built for another model ({masks.cfg}) than this one "
+        raise InputError(f"masks were built for another model ({masks.cfg}) than this one "
                          f"({model.cfg}); build them from this model's config, e.g. "
                          "masks.single_heads(model.cfg)")
     if masks.seq_len is not None and masks.seq_len != seq_len:
-        raise ValueError(f"masks were built for sequence length {masks.seq_len}, the prompts "
+        raise InputError(f"masks were built for sequence length {masks.seq_len}, the prompts "
                          f"have length {seq_len}")
     if "sae_features" in masks.kinds and n_features is None:
-        raise ValueError("masks ablate SAE features but the model has no SAE; attach one with "
+        raise InputError("masks ablate SAE features but the model has no SAE; attach one with "
                          "jaxablate.attach_sae")
     if "sae_features" in masks.kinds and masks.n_features != n_features:
-        raise ValueError(f"masks ablate {masks.n_features} SAE features, the model's SAE has "
+        raise InputError(f"masks ablate {masks.n_features} SAE features, the model's SAE has "
                          f"{n_features}")
     return masks
 
@@ -258,7 +258,7 @@ def check_sweep(model: GPT2, tokens: Any, masks: MaskSet | Mask, replacement: An
     [batch, seq], the MaskSet, the metric's positions [batch, k] and data, the explicit chunk
     size or None). Raises the ValueError/TypeError that names the problem."""
     if not isinstance(metric, Metric):
-        raise TypeError(f"metric: expected one of jaxablate.metrics (logit_diff, accuracy, "
+        raise InputTypeError(f"metric: expected one of jaxablate.metrics (logit_diff, accuracy, "
                         f"prob, loss, kl_to_clean), got {type(metric).__name__}")
     tokens = validate_call(model, tokens, None, None)
     batch, seq = tokens.shape

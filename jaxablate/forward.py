@@ -15,6 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Float
 
+from jaxablate.errors import InputError, InputTypeError
 from jaxablate.mask import Mask
 from jaxablate.model import ACTIVATIONS, GPT2
 from jaxablate.replacement import Replacement
@@ -30,7 +31,7 @@ def validate_call(model: GPT2, tokens: Any, mask: Mask | None,
                   replacement: Replacement | None) -> np.ndarray:
     """Shared checks of `forward` and `run_with_cache`; returns int32 tokens [batch, seq]."""
     if not isinstance(model, GPT2):
-        raise TypeError(f"model: expected a jaxablate GPT2 (see load_gpt2), got "
+        raise InputTypeError(f"model: expected a jaxablate GPT2 (see load_gpt2), got "
                         f"{type(model).__name__}")
     tokens = check_tokens(tokens, model.cfg)
     batch, seq = tokens.shape
@@ -105,10 +106,10 @@ class Cache(eqx.Module):
                  "hook_resid_pre": "resid_pre", "attn.hook_pattern": "pattern"}
         field = table.get(".".join(parts[2:])) if len(parts) > 2 else None
         if parts[0] != "blocks" or field is None or not parts[1].isdigit():
-            raise ValueError(f"unknown hook name {name!r}; known: blocks.L.{{{', '.join(table)}}}")
+            raise InputError(f"unknown hook name {name!r}; known: blocks.L.{{{', '.join(table)}}}")
         value = getattr(self, field)
         if value is None:
-            raise ValueError(f"{field!r} was not collected; pass names=(..., {field!r})")
+            raise InputError(f"{field!r} was not collected; pass names=(..., {field!r})")
         return value[:, int(parts[1])]
 
 
@@ -129,7 +130,7 @@ def run_with_cache(
     """
     unknown = [n for n in names if n not in ACTIVATIONS]
     if unknown:
-        raise ValueError(f"unknown activation names {unknown}; choose from {list(ACTIVATIONS)}")
+        raise InputError(f"unknown activation names {unknown}; choose from {list(ACTIVATIONS)}")
     tokens = validate_call(model, tokens, mask, replacement)
     if positions is not None:
         positions = jnp.asarray(check_positions(positions, *tokens.shape))
@@ -146,11 +147,11 @@ def attach_sae(model: GPT2, sae: SAE) -> GPT2:
         ...                                      "blocks.3.hook_resid_pre"))
     """
     if not isinstance(sae, SAE):
-        raise TypeError(f"expected a jaxablate.SAE, got {type(sae).__name__}")
+        raise InputTypeError(f"expected a jaxablate.SAE, got {type(sae).__name__}")
     if sae.W_enc.shape[0] != model.cfg.d_model:
-        raise ValueError(f"SAE reads d_model={sae.W_enc.shape[0]}, the model has "
+        raise InputError(f"SAE reads d_model={sae.W_enc.shape[0]}, the model has "
                          f"d_model={model.cfg.d_model}")
     if not 0 <= sae.layer < model.cfg.n_layers:
-        raise ValueError(f"SAE hook point layer {sae.layer} is outside the model's "
+        raise InputError(f"SAE hook point layer {sae.layer} is outside the model's "
                          f"{model.cfg.n_layers} layers")
     return eqx.tree_at(lambda m: m.sae, model, sae, is_leaf=lambda x: x is None)

@@ -9,14 +9,16 @@ from __future__ import annotations
 
 import json
 import os
-from pathlib import Path
 from collections.abc import Callable, Mapping
+from pathlib import Path
 from typing import Any
 
 import jax.numpy as jnp
 import numpy as np
 
 from jaxablate.config import GPT2Config
+from jaxablate.errors import InputError, InputTypeError
+from jaxablate.hub import require_hub
 from jaxablate.model import GPT2, Blocks
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
@@ -78,22 +80,22 @@ def build_model(
     missing = sorted(expected - set(canonical))
     extra = sorted(set(canonical) - expected - ignorable)
     if missing:
-        raise ValueError(f"checkpoint is missing tensors {missing[:8]}"
+        raise InputError(f"checkpoint is missing tensors {missing[:8]}"
                          + (f" and {len(missing) - 8} more" if len(missing) > 8 else ""))
     if extra:
-        raise ValueError(f"checkpoint has unexpected tensors {extra[:8]}"
+        raise InputError(f"checkpoint has unexpected tensors {extra[:8]}"
                          + (f" and {len(extra) - 8} more" if len(extra) > 8 else "")
                          + f"; they do not belong to a {cfg.n_layers}-layer GPT-2")
 
     def read(name: str, shape: tuple[int, ...]) -> np.ndarray:
         array = np.asarray(get(canonical[name]))
         if array.shape != shape:
-            raise ValueError(
+            raise InputError(
                 f"tensor {canonical[name]} has shape {array.shape}, but the config needs {shape}"
             )
         array = array.astype(np.float32)
         if not np.isfinite(array).all():
-            raise ValueError(f"tensor {canonical[name]} contains NaN or inf; the checkpoint "
+            raise InputError(f"tensor {canonical[name]} contains NaN or inf; the checkpoint "
                              "is damaged: download or convert it again")
         return array
 
@@ -110,7 +112,7 @@ def build_model(
         if lm_head.shape != (cfg.d_vocab, cfg.d_model) or not np.array_equal(
             lm_head, read("wte.weight", (cfg.d_vocab, cfg.d_model))
         ):
-            raise ValueError("lm_head.weight differs from wte.weight: GPT-2 ties the unembedding")
+            raise InputError("lm_head.weight differs from wte.weight: GPT-2 ties the unembedding")
     return GPT2(blocks=Blocks(**stacked), cfg=cfg, **fields)
 
 
@@ -118,14 +120,14 @@ def _check_dtype(dtype: Any) -> str:
     name = getattr(dtype, "__name__", None) or getattr(dtype, "name", None) or dtype
     name = str(name)
     if name not in DTYPES:
-        raise ValueError(f"unknown dtype {dtype!r}; choose one of {sorted(DTYPES)}")
+        raise InputError(f"unknown dtype {dtype!r}; choose one of {sorted(DTYPES)}")
     return name
 
 
 def _read_config(folder: Path) -> GPT2Config:
     path = folder / "config.json"
     if not path.is_file():
-        raise ValueError(f"{folder} has no config.json; a GPT-2 folder needs config.json and "
+        raise InputError(f"{folder} has no config.json; a GPT-2 folder needs config.json and "
                          "model.safetensors (as written by transformers' save_pretrained)")
     return GPT2Config.from_hf(json.loads(path.read_text()))
 
@@ -138,11 +140,11 @@ def _safetensors_files(folder: Path) -> dict[str, Path] | None:
     if index.is_file():
         weight_map = json.loads(index.read_text()).get("weight_map")
         if not isinstance(weight_map, dict):
-            raise ValueError(f"{index} has no weight_map")
+            raise InputError(f"{index} has no weight_map")
         files = {name: folder / shard for name, shard in weight_map.items()}
         absent = sorted({str(p.name) for p in files.values() if not p.is_file()})
         if absent:
-            raise ValueError(f"{index} names shards that are not in the folder: {absent}")
+            raise InputError(f"{index} names shards that are not in the folder: {absent}")
         return files
     single = folder / "model.safetensors"
     if single.is_file():
@@ -162,14 +164,14 @@ def load_folder(folder: str | os.PathLike, dtype: str = "float32",
     if files is None:
         if (folder / "pytorch_model.bin").is_file():
             if not allow_pickle:
-                raise ValueError(_PICKLE_MESSAGE.format(where=folder))
+                raise InputError(_PICKLE_MESSAGE.format(where=folder))
             import torch  # only on this explicit, opt-in path
 
             state = torch.load(folder / "pytorch_model.bin", map_location="cpu",
                                weights_only=True)
             tensors = {k: v.detach().float().numpy() for k, v in state.items()}
             return build_model(cfg, list(tensors), tensors.__getitem__, dtype)
-        raise ValueError(f"{folder} holds no model.safetensors (nor a sharded index)")
+        raise InputError(f"{folder} holds no model.safetensors (nor a sharded index)")
 
     handles: dict[Path, Any] = {}
 
@@ -208,7 +210,7 @@ def load_gpt2(source: Any, dtype: Any = "float32", *, allow_pickle: bool = False
     if hasattr(source, "state_dict") and hasattr(source, "config"):
         return load_hf_model(source, dtype)
     if not isinstance(source, (str, os.PathLike)):
-        raise TypeError(
+        raise InputTypeError(
             f"load_gpt2 takes a hub id, a folder or a transformers GPT2LMHeadModel, "
             f"got {type(source).__name__}"
         )
@@ -220,7 +222,7 @@ def load_gpt2(source: Any, dtype: Any = "float32", *, allow_pickle: bool = False
     if os.path.isdir(text):
         return load_folder(text, dtype, allow_pickle)
     if os.path.exists(text) or text.startswith((".", "/", "~")):
-        raise ValueError(f"{text!r} is not a folder; pass the folder that holds config.json")
+        raise InputError(f"{text!r} is not a folder; pass the folder that holds config.json")
     return load_folder(_download(text), dtype, allow_pickle)
 
 
@@ -229,10 +231,14 @@ def _download(repo_id: str) -> str:
     from huggingface_hub import snapshot_download
 
     patterns = ["config.json", "*.safetensors", "model.safetensors.index.json"]
+    try:  # the local cache first: no network needed once downloaded
+        return snapshot_download(repo_id, allow_patterns=patterns, local_files_only=True)
+    except Exception:
+        require_hub(f"model {repo_id!r}")
     try:
         return snapshot_download(repo_id, allow_patterns=patterns)
     except Exception as error:  # network, auth, unknown repo: one clear line
-        raise ValueError(
+        raise InputError(
             f"could not fetch {repo_id!r} from the Hugging Face hub ({type(error).__name__}: "
             f"{error}); pass a local folder with config.json and model.safetensors instead"
         ) from error

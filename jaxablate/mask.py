@@ -32,6 +32,7 @@ import numpy as np
 from jaxtyping import Array, Float
 
 from jaxablate.config import GPT2Config
+from jaxablate.errors import InputError
 
 KINDS = ("heads", "head_positions", "mlps", "neurons", "positions", "sae_features")
 
@@ -77,11 +78,11 @@ class Mask(eqx.Module):
         kinds = tuple(kinds)
         unknown = [k for k in kinds if k not in KINDS]
         if unknown:
-            raise ValueError(f"unknown mask kinds {unknown}; known kinds are {list(KINDS)}")
+            raise InputError(f"unknown mask kinds {unknown}; known kinds are {list(KINDS)}")
         if seq_len is None and ("head_positions" in kinds or "positions" in kinds):
-            raise ValueError("Mask.keep_all needs seq_len for 'head_positions' or 'positions'")
+            raise InputError("Mask.keep_all needs seq_len for 'head_positions' or 'positions'")
         if n_features is None and "sae_features" in kinds:
-            raise ValueError("Mask.keep_all needs n_features for 'sae_features'")
+            raise InputError("Mask.keep_all needs n_features for 'sae_features'")
         shapes = kind_shapes(cfg, seq_len=seq_len, n_features=n_features)
         fields = {k: jnp.ones(shapes[k], jnp.float32) for k in kinds}
         return cls(**fields)

@@ -20,6 +20,7 @@ import numpy as np
 
 from jaxablate.components import Component, check_component, parse_component
 from jaxablate.config import GPT2Config
+from jaxablate.errors import InputError
 from jaxablate.mask import KINDS, Mask, kind_shapes
 from jaxablate.validation import check_mask
 
@@ -51,13 +52,13 @@ class MaskSet:
         for kind, (_, _, weight) in entries.items():
             bad = ~((weight >= 0.0) & (weight <= 1.0))  # NaN fails both comparisons
             if bad.any():
-                raise ValueError(f"keep-weight must lie in [0, 1], got {weight[bad][0]} "
+                raise InputError(f"keep-weight must lie in [0, 1], got {weight[bad][0]} "
                                  f"({kind})")
         self.entries = entries
         self.kinds = tuple(k for k in KINDS if k in entries)
         self.names = list(names)
         if not self.names:
-            raise ValueError("masks: the mask set is empty; give at least one mask")
+            raise InputError("masks: the mask set is empty; give at least one mask")
 
     def __len__(self) -> int:
         return len(self.names)
@@ -90,12 +91,12 @@ class MaskSet:
         """
         idx = np.asarray(idx, np.int64).reshape(-1)
         if len(idx) and (idx.min() < -len(self) or idx.max() >= len(self)):
-            raise ValueError(f"subset: index out of range for {len(self)} masks")
+            raise InputError(f"subset: index out of range for {len(self)} masks")
         idx = idx % len(self)
         where = np.full(len(self), -1, np.int64)
         where[idx] = np.arange(len(idx))
         if len(np.unique(idx)) != len(idx):
-            raise ValueError("subset: indices must be distinct")
+            raise InputError("subset: indices must be distinct")
         entries = {}
         for kind, (mask_id, index, weight) in self.entries.items():
             rows = where[mask_id]
@@ -167,7 +168,7 @@ def from_components(
         ['9.6', '9.6+9.9', 'mlp0', 'n3.1207']
     """
     if not 0.0 <= weight <= 1.0:
-        raise ValueError(f"keep-weight must lie in [0, 1], got {weight}")
+        raise InputError(f"keep-weight must lie in [0, 1], got {weight}")
     rows: dict[str, list] = {}
     names = []
     for i, entry in enumerate(sets):
@@ -209,7 +210,7 @@ def single_heads(cfg: GPT2Config, *, position: int | None = None, seq_len: int |
         names = [f"{layer}.{head}" for layer, head in heads]
         return _grid("heads", heads, names, cfg, weight)
     if seq_len is None or not -seq_len <= position < seq_len:
-        raise ValueError(f"single_heads: position {position} needs seq_len with "
+        raise InputError(f"single_heads: position {position} needs seq_len with "
                          f"-seq_len <= position < seq_len (seq_len={seq_len})")
     p = position % seq_len
     index = np.stack([heads[:, 0], np.full(len(heads), p), heads[:, 1]], axis=1)
@@ -234,11 +235,11 @@ def head_pairs(cfg: GPT2Config, heads: Sequence[Any] | None = None,
         comps = [parse_component(h) for h in heads]
         for c in comps:
             if c.kind != "heads":
-                raise ValueError(f"head_pairs takes heads, got {c.name!r}")
+                raise InputError(f"head_pairs takes heads, got {c.name!r}")
             check_component(c, cfg, None, None)
         index = np.array(sorted({c.index for c in comps}))
     if len(index) < 2:
-        raise ValueError("head_pairs needs at least two heads")
+        raise InputError("head_pairs needs at least two heads")
     i, j = np.triu_indices(len(index), k=1)
     n = len(i)
     mask_id = np.repeat(np.arange(n), 2)
@@ -309,7 +310,7 @@ def from_stacked(mask: Mask, cfg: GPT2Config, *, seq_len: int | None = None,
         seq_len = _seq_of(mask)
     kinds = mask.kinds()
     if not kinds:
-        raise ValueError("masks: a stacked Mask with no fields set describes no ablation")
+        raise InputError("masks: a stacked Mask with no fields set describes no ablation")
     n = np.shape(getattr(mask, kinds[0]))[0]
     entries = {}
     for kind in kinds:
@@ -336,7 +337,7 @@ def _seq_of(mask: Mask) -> int | None:
 def concat(sets: Sequence[MaskSet]) -> MaskSet:
     """One MaskSet holding the masks of several (same model), in order."""
     if not sets:
-        raise ValueError("concat needs at least one MaskSet")
+        raise InputError("concat needs at least one MaskSet")
     first = sets[0]
     entries: dict[str, list] = {}
     names: list[str] = []
@@ -344,9 +345,9 @@ def concat(sets: Sequence[MaskSet]) -> MaskSet:
     seq_len, n_features = first.seq_len, first.n_features
     for s in sets:
         if s.cfg != first.cfg:
-            raise ValueError("concat: mask sets were built for different models")
+            raise InputError("concat: mask sets were built for different models")
         if None not in (s.seq_len, seq_len) and s.seq_len != seq_len:
-            raise ValueError("concat: mask sets were built for different sequence lengths")
+            raise InputError("concat: mask sets were built for different sequence lengths")
         seq_len = seq_len if s.seq_len is None else s.seq_len
         n_features = n_features if s.n_features is None else s.n_features
         for kind, (mask_id, index, weight) in s.entries.items():

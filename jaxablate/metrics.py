@@ -20,6 +20,7 @@ import numpy as np
 from jaxtyping import Array, Float
 
 from jaxablate.config import GPT2Config
+from jaxablate.errors import InputError
 from jaxablate.validation import check_positions
 
 # score(logits [k, n], tokens [seq], clean_logits [k, n], data) -> scalar, where n is the
@@ -30,13 +31,13 @@ Score = Callable[..., Float[Array, ""]]
 def _ids(values: Any, batch: int, cfg: GPT2Config, what: str) -> np.ndarray:
     array = np.asarray(values)
     if array.dtype == bool or not np.issubdtype(array.dtype, np.integer):
-        raise ValueError(f"{what}: expected integer token ids, got dtype {array.dtype}")
+        raise InputError(f"{what}: expected integer token ids, got dtype {array.dtype}")
     if array.ndim == 0:
         array = np.full(batch, int(array))
     if array.shape != (batch,):
-        raise ValueError(f"{what}: expected ids [batch] = [{batch}], got shape {array.shape}")
+        raise InputError(f"{what}: expected ids [batch] = [{batch}], got shape {array.shape}")
     if array.min() < 0 or array.max() >= cfg.d_vocab:
-        raise ValueError(f"{what}: id outside the vocabulary [0, {cfg.d_vocab}); were the "
+        raise InputError(f"{what}: id outside the vocabulary [0, {cfg.d_vocab}); were the "
                          "answers tokenized for another model?")
     return array.astype(np.int32)
 
@@ -94,7 +95,7 @@ class _AtPosition(Metric):
         positions = check_positions(self.position, batch, seq, f"{self.name} position",
                                     per_example=True)
         if positions.shape[1] != 1:
-            raise ValueError(f"{self.name} reads one position per example, got "
+            raise InputError(f"{self.name} reads one position per example, got "
                              f"{positions.shape[1]}")
         data = {}
         if self.correct is not None:
@@ -182,11 +183,11 @@ class Loss(Metric):
     def prepare(self, tokens, cfg):
         batch, seq = tokens.shape
         if seq < 2:
-            raise ValueError("loss needs sequences of at least 2 tokens")
+            raise InputError("loss needs sequences of at least 2 tokens")
         wanted = np.arange(seq - 1) if self.positions is None else self.positions
         positions = check_positions(wanted, batch, seq, "loss positions")
         if (positions == seq - 1).any():
-            raise ValueError(f"loss: position {seq - 1} (the last) has no next token")
+            raise InputError(f"loss: position {seq - 1} (the last) has no next token")
         targets = np.take_along_axis(tokens, positions + 1, axis=1).astype(np.int32)
         return positions, {"targets": targets}
 

@@ -345,7 +345,9 @@ class GPT2(eqx.Module):
         """The residual stream entering every layer (and the final one) under `mask`, given
         the clean stream `resid`: rows up to `start` are kept, later rows are recomputed.
         With `attended` (the clean resid_mid and z of every layer), returns
-        `(resid, (resid_mid, z))` with those recomputed from `start` on as well.
+        `(resid, (resid_mid, z))` with those recomputed from `start` on as well: each layer's
+        resid_mid and z *before* this mask's blend at point [2], from the stream that enters
+        the layer under this mask (what `resume(attended=...)` expects).
 
         The sweep runs a shared "parent" ablation (head i of the pair i, j) once this way,
         then resumes each child from the parent's stream at the child's last touched layer.
@@ -353,12 +355,18 @@ class GPT2(eqx.Module):
 
         def step(layer, carry):
             resid, mid, z = carry
-            x, acts = self.block(layer, self.enter(layer, resid[layer], mask, replacement),
-                                 mask, replacement)
-            resid = resid.at[layer + 1].set(x)
-            if mid is not None:
-                mid, z = mid.at[layer].set(acts["resid_mid"]), z.at[layer].set(acts["z"])
-            return resid, mid, z
+            x = self.enter(layer, resid[layer], mask, replacement)
+            if mid is None:
+                x = self.block(layer, x, mask, replacement)[0]
+            else:
+                # Keep this layer's *unablated* attention, which is what `resume(attended=)`
+                # takes: a child resuming here blends its own keep-weights into it, once. (The
+                # parent's blended z would be blended twice: m^2 h + (1 - m^2) r.)
+                clean_mid, clean_z, _ = self.attend(layer, x, Mask(), replacement)
+                mid, z = mid.at[layer].set(clean_mid), z.at[layer].set(clean_z)
+                x = self.reattend(layer, clean_mid, clean_z, mask, replacement)
+                x = self.feed_forward(layer, x, mask, replacement)[0]
+            return resid.at[layer + 1].set(x), mid, z
 
         mid, z = (None, None) if attended is None else attended
         resid, mid, z = jax.lax.fori_loop(start, self.cfg.n_layers, step, (resid, mid, z))

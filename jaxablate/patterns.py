@@ -31,6 +31,7 @@ import numpy as np
 from jaxtyping import Array, Float, Int
 
 from jaxablate.components import Component
+from jaxablate.errors import InputError
 from jaxablate.forward import run_with_cache, validate_call
 from jaxablate.model import GPT2
 
@@ -78,7 +79,7 @@ class AttentionScores:
 
     def _values(self, kind: str) -> np.ndarray:
         if kind not in KINDS:
-            raise ValueError(f"kind: expected one of {list(KINDS)}, got {kind!r}")
+            raise InputError(f"kind: expected one of {list(KINDS)}, got {kind!r}")
         return getattr(self, kind)
 
     def top(self, kind: str, k: int = 5) -> list[str]:
@@ -95,7 +96,7 @@ class AttentionScores:
 
     def _top_indices(self, kind: str, k: int) -> list[tuple[int, int]]:
         if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
-            raise ValueError(f"k: expected a positive int, got {k!r}")
+            raise InputError(f"k: expected a positive int, got {k!r}")
         values = self._values(kind)
         flat = values.ravel()
         # A stable sort of the negated scores: ties keep layer-major order; NaNs sort last.
@@ -199,11 +200,11 @@ def scores_from_patterns(
     shape, token_shape = np.shape(pattern), np.shape(tokens)
     token_dtype = np.asarray(tokens).dtype
     if not np.issubdtype(token_dtype, np.integer) or len(token_shape) != 2:
-        raise ValueError(f"tokens: expected int [batch, seq], got {token_dtype} "
+        raise InputError(f"tokens: expected int [batch, seq], got {token_dtype} "
                          f"{list(token_shape)}")
     if len(shape) != 5 or shape[0] != token_shape[0] or shape[3:] != (token_shape[1],) * 2:
         batch, seq = token_shape
-        raise ValueError(f"pattern: expected [batch, layer, head, seq, key] = "
+        raise InputError(f"pattern: expected [batch, layer, head, seq, key] = "
                          f"[{batch}, layer, head, {seq}, {seq}], got {list(shape)}")
     weight = jnp.ones((shape[0],), jnp.float32)
     total, count = _masses_jit(jnp.asarray(pattern), jnp.asarray(tokens), weight)
@@ -232,7 +233,7 @@ def attention_scores(model: GPT2, tokens: Any, *, chunk_size: int | None = None
     if chunk_size is not None and (isinstance(chunk_size, bool)
                                    or not isinstance(chunk_size, (int, np.integer))
                                    or chunk_size < 1):
-        raise ValueError(f"chunk_size: expected a positive int or None, got {chunk_size!r}")
+        raise InputError(f"chunk_size: expected a positive int or None, got {chunk_size!r}")
     chunk = batch if chunk_size is None else min(int(chunk_size), batch)
     total = np.zeros((len(KINDS), model.cfg.n_layers, model.cfg.n_heads))
     count = np.zeros(len(KINDS))

@@ -12,6 +12,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxablate.errors import InputError
 from jaxablate.forward import run_with_cache
 from jaxablate.model import GPT2
 from jaxablate.replacement import Replacement
@@ -99,12 +100,12 @@ def resample_replacement(model: GPT2, tokens: Any, key: jax.Array, *,
     n_source = len(tokens)
     if n_examples is None:
         if n_source < 2:
-            raise ValueError("resample_replacement needs at least 2 prompts to resample from")
+            raise InputError("resample_replacement needs at least 2 prompts to resample from")
         offset = jax.random.randint(key, (n_source,), 1, n_source)
         source = np.asarray((np.arange(n_source) + np.asarray(offset)) % n_source)
     else:
         if n_examples < 1:
-            raise ValueError(f"n_examples must be positive, got {n_examples}")
+            raise InputError(f"n_examples must be positive, got {n_examples}")
         source = np.asarray(jax.random.randint(key, (n_examples,), 0, n_source))
     acts = _activations(model, tokens)
     values = {name: value[source] for name, value in acts.items()}

@@ -37,6 +37,8 @@ from typing import Any
 
 import numpy as np
 
+from jaxablate.errors import InputError
+
 # cumulative_order is re-exported: jaxablate.plots imports it from here.
 from jaxablate.study_result import _as_dict
 from jaxablate.summary import cumulative_order, summary_markdown  # noqa: F401
@@ -62,7 +64,7 @@ def jsonable(value: Any) -> Any:
 def _check_lengths(section: str, columns: Mapping[str, Sequence[Any]]) -> None:
     lengths = {name: len(values) for name, values in columns.items()}
     if len(set(lengths.values())) > 1:
-        raise ValueError(f"{section}: lists of different lengths {lengths}")
+        raise InputError(f"{section}: lists of different lengths {lengths}")
 
 
 def single_frame(result: Mapping[str, Any]) -> Any:
@@ -188,7 +190,7 @@ def write_report(result: Any, folder: str | os.PathLike, *, plots: bool = True,
     result = _as_dict(result)
     folder = Path(folder)
     if folder.exists() and not folder.is_dir():
-        raise ValueError(f"{folder} exists and is not a folder; choose another report folder")
+        raise InputError(f"{folder} exists and is not a folder; choose another report folder")
     folder.mkdir(parents=True, exist_ok=True)
     with open(folder / "study.json", "w", encoding="utf-8") as out:
         json.dump(jsonable(result), out, indent=1, allow_nan=False)

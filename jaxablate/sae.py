@@ -19,6 +19,8 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Float
 
+from jaxablate.errors import InputError
+
 _HOOK_POINT = re.compile(r"^blocks\.(\d+)\.hook_resid_pre$")
 
 
@@ -44,24 +46,24 @@ class SAE(eqx.Module):
         """Check shapes and parse `hook_point` ("blocks.L.hook_resid_pre") into a layer."""
         match = _HOOK_POINT.match(hook_point)
         if not match:
-            raise ValueError(
+            raise InputError(
                 f"SAE hook point {hook_point!r} is not supported; use 'blocks.L.hook_resid_pre'"
             )
         arrays = [np.asarray(a, np.float32) for a in (W_enc, b_enc, W_dec, b_dec)]
         W_enc, b_enc, W_dec, b_dec = arrays
         if W_enc.ndim != 2:
-            raise ValueError(f"SAE W_enc must be [d_model, feature], got shape {W_enc.shape}")
+            raise InputError(f"SAE W_enc must be [d_model, feature], got shape {W_enc.shape}")
         d_model, n_features = W_enc.shape
         expected = {"b_enc": (n_features,), "W_dec": (n_features, d_model), "b_dec": (d_model,)}
         for name, arr in zip(expected, (b_enc, W_dec, b_dec)):
             if arr.shape != expected[name]:
-                raise ValueError(
+                raise InputError(
                     f"SAE {name} must have shape {expected[name]} to match W_enc "
                     f"{W_enc.shape}, got {arr.shape}"
                 )
         for name, arr in zip(("W_enc", "b_enc", "W_dec", "b_dec"), arrays):
             if not np.isfinite(arr).all():
-                raise ValueError(f"SAE {name} contains NaN or inf")
+                raise InputError(f"SAE {name} contains NaN or inf")
         return cls(*(jnp.asarray(a) for a in arrays), layer=int(match.group(1)))
 
     @property

@@ -24,6 +24,7 @@ import jax
 import numpy as np
 
 from jaxablate.config import GPT2Config
+from jaxablate.errors import InputError
 from jaxablate.model import GPT2
 
 # Below this many rows (masks x examples x positions) a chunk's matmuls run well under the
@@ -143,13 +144,13 @@ def check_chunk_size(model: GPT2, batch: int, seq: int, n_read: int, chunk_size:
     """
     if isinstance(chunk_size, bool) or not isinstance(chunk_size, numbers.Integral) \
             or chunk_size < 1:
-        raise ValueError(f"{what} must be a positive int, got {chunk_size!r}")
+        raise InputError(f"{what} must be a positive int, got {chunk_size!r}")
     per_mask = batch * bytes_per_example(model, seq, n_read)
     limit = budget_bytes(memory_budget) if memory_budget is not None else device_memory()
     if int(chunk_size) * per_mask > limit:
         where = ("the memory budget" if memory_budget is not None
                  else f"the memory of this {jax.devices()[0].platform.upper()} device")
-        raise ValueError(
+        raise InputError(
             f"{what} {int(chunk_size)} needs about {_size(int(chunk_size) * per_mask)} of "
             f"activations ({batch} prompts x {seq} tokens per mask), more than the "
             f"{_size(limit)} of {where}; pass {what} <= {max(1, limit // per_mask)}, or leave "
@@ -162,7 +163,7 @@ def budget_bytes(memory_budget: int | None) -> int:
     accelerator's memory."""
     if memory_budget is not None:
         if not isinstance(memory_budget, int) or memory_budget < 1:
-            raise ValueError(f"memory_budget must be a positive number of bytes, got "
+            raise InputError(f"memory_budget must be a positive number of bytes, got "
                              f"{memory_budget!r}")
         return memory_budget
     device = jax.devices()[0]

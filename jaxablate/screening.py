@@ -39,6 +39,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from jaxablate.attribution import METHODS, attribute
+from jaxablate.errors import InputError
 from jaxablate.stats import effect_stats, spearman
 
 if TYPE_CHECKING:
@@ -82,12 +83,12 @@ def screen_and_verify(study: "Study", method: str = "ig", steps: int = 16,
         >>> section["spearman_all"], section["precision_at_k"]
     """
     if method not in METHODS:
-        raise ValueError(f"screening method must be one of {list(METHODS)}, got {method!r}")
+        raise InputError(f"screening method must be one of {list(METHODS)}, got {method!r}")
     names = study.names
     n = len(names)
     k = default_top_k(n) if top_k is None else top_k
     if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or not 1 <= k <= n:
-        raise ValueError(f"screening top_k must be an int in [1, {n}] (the components "
+        raise InputError(f"screening top_k must be an int in [1, {n}] (the components "
                          f"studied), got {top_k!r}")
     k = int(k)
     sign = 1.0 if study.metric.higher_is_better else -1.0

@@ -27,6 +27,8 @@ from typing import Any
 import jax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
+from jaxablate.errors import InputError, InputTypeError
+
 AXIS = "devices"
 
 
@@ -71,9 +73,9 @@ def placement(devices: Any = None, mesh: Any = None) -> Placement:
     """
     if mesh is not None:
         if devices is not None:
-            raise ValueError("give devices= or mesh=, not both")
+            raise InputError("give devices= or mesh=, not both")
         if not isinstance(mesh, Mesh):
-            raise TypeError(f"mesh: expected a jax.sharding.Mesh, got {type(mesh).__name__}")
+            raise InputTypeError(f"mesh: expected a jax.sharding.Mesh, got {type(mesh).__name__}")
         chosen = list(mesh.devices.flat)
     else:
         chosen = _devices(devices)
@@ -88,7 +90,7 @@ def _devices(devices: Any) -> list[Any]:
         return list(local)
     if isinstance(devices, numbers.Integral) and not isinstance(devices, bool):
         if not 1 <= devices <= len(local):
-            raise ValueError(f"devices: expected a count in [1, {len(local)}] (the local "
+            raise InputError(f"devices: expected a count in [1, {len(local)}] (the local "
                              f"devices: {len(local)} {local[0].platform.upper()}), got "
                              f"{devices}")
         return list(local[:int(devices)])
@@ -96,12 +98,12 @@ def _devices(devices: Any) -> list[Any]:
         chosen = list(devices)
         bad = [d for d in chosen if not isinstance(d, jax.Device)]
         if bad:
-            raise TypeError(f"devices: expected jax devices (jax.devices()), got {bad[0]!r}")
+            raise InputTypeError(f"devices: expected jax devices (jax.devices()), got {bad[0]!r}")
         if len({d.id for d in chosen}) != len(chosen):
-            raise ValueError("devices: the same device is listed twice")
+            raise InputError("devices: the same device is listed twice")
         if any(d.process_index != jax.process_index() for d in chosen):
-            raise ValueError("devices: only this process's devices (jax.local_devices()) can "
+            raise InputError("devices: only this process's devices (jax.local_devices()) can "
                              "run its sweep; other hosts take their share of a stored sweep")
         return chosen
-    raise ValueError(f"devices: expected None, a count or a list of jax devices, got "
+    raise InputError(f"devices: expected None, a count or a list of jax devices, got "
                      f"{devices!r}")

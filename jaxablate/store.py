@@ -64,13 +64,20 @@ from jaxtyping import Float
 
 from jaxablate import masks as masks_lib
 from jaxablate.engine import NonFiniteMetricError, check_sweep, planned_chunk_size, sweep
+from jaxablate.errors import InputError
 from jaxablate.masks import MaskSet
 from jaxablate.metrics import Metric
 from jaxablate.model import GPT2
 from jaxablate.replacement import Replacement
 from jaxablate.sharding import placement
-from jaxablate.store_digest import (_versions, digest, masks_digest, metric_digest,
-                                    model_digest, replacement_digest)
+from jaxablate.store_digest import (
+    _versions,
+    digest,
+    masks_digest,
+    metric_digest,
+    model_digest,
+    replacement_digest,
+)
 
 FORMAT = "jaxablate-results-store/1"
 CHUNKS_PER_FILE = 8  # compute chunks per committed file, by default
@@ -90,7 +97,7 @@ LABELS = {
 }
 
 
-class StoreMismatchError(ValueError):
+class StoreMismatchError(InputError):
     """The store holds results of other inputs. `changed`: the manifest keys that differ."""
 
     def __init__(self, folder: Path, changed: list[str], details: str):
@@ -157,7 +164,7 @@ class ResultsStore:
     def __init__(self, folder: str | os.PathLike, *, overwrite: bool = False):
         self.folder = Path(folder)
         if self.folder.exists() and not self.folder.is_dir():
-            raise ValueError(f"results store: {self.folder} is a file, not a folder; choose "
+            raise InputError(f"results store: {self.folder} is a file, not a folder; choose "
                              "another folder")
         try:
             self.folder.mkdir(parents=True, exist_ok=True)
@@ -165,7 +172,7 @@ class ResultsStore:
             probe.write_bytes(b"")
             probe.unlink()
         except OSError as error:
-            raise ValueError(f"results store: cannot write to {self.folder} "
+            raise InputError(f"results store: cannot write to {self.folder} "
                              f"({error.strerror or error}); choose a folder you can write "
                              "to") from None
         self.computed = 0
@@ -223,14 +230,14 @@ class ResultsStore:
         Raises StoreMismatchError when the stored results came from other inputs.
         """
         if not isinstance(key, str) or not _KEY.fullmatch(key):
-            raise ValueError(f"key: expected letters, digits, '.', '_' or '-', got {key!r}")
+            raise InputError(f"key: expected letters, digits, '.', '_' or '-', got {key!r}")
         tokens, mask_set, _, _, chunk_size = check_sweep(model, tokens, masks, replacement,
                                                          metric, chunk_size, memory_budget)
         batch = tokens.shape[0]
         if masks_per_file is not None and (isinstance(masks_per_file, bool) or not
                                            isinstance(masks_per_file, numbers.Integral)
                                            or masks_per_file < 1):
-            raise ValueError(f"masks_per_file must be a positive int, got {masks_per_file!r}")
+            raise InputError(f"masks_per_file must be a positive int, got {masks_per_file!r}")
         n = len(mask_set)
         inputs = {
             "model": self._memo_digest(model, model_digest),
@@ -412,7 +419,7 @@ class ResultsStore:
         try:
             manifest = json.loads(path.read_text(encoding="utf-8"))
             if manifest.get("format") != FORMAT or not isinstance(manifest.get("inputs"), dict):
-                raise ValueError("not a jaxablate results store manifest")
+                raise InputError("not a jaxablate results store manifest")
         except (OSError, ValueError, AttributeError) as error:
             warnings.warn(f"{path} cannot be read ({error}); its results are discarded and "
                           "recomputed", StoreWarning, stacklevel=3)

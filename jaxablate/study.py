@@ -67,6 +67,7 @@ from jaxtyping import Float
 from jaxablate import masks as masks_lib
 from jaxablate.components import parse_component
 from jaxablate.engine import check_chunk_size, clean_metric, planned_chunk_size, sweep
+from jaxablate.errors import InputError, InputTypeError
 from jaxablate.masks import MaskSet
 from jaxablate.metrics import Metric
 from jaxablate.model import GPT2
@@ -74,12 +75,26 @@ from jaxablate.replacement import Replacement
 from jaxablate.replacements import mean_replacement, resample_replacement, zero_replacement
 from jaxablate.screening import screen_and_verify
 from jaxablate.sharding import placement
-from jaxablate.stats import (CI_LEVEL, Effects, bootstrap_counts, effect_stats,
-                             find_cliff, interaction_table, spearman)
+from jaxablate.stats import (
+    CI_LEVEL,
+    Effects,
+    bootstrap_counts,
+    effect_stats,
+    find_cliff,
+    interaction_table,
+    spearman,
+)
 from jaxablate.store import ResultsStore, masks_digest
-from jaxablate.study_checks import (ABLATIONS, KINDS, _check_fractions, _check_int,
-                                    _check_kinds, _check_screening, _check_target,
-                                    _check_types)
+from jaxablate.study_checks import (
+    ABLATIONS,
+    KINDS,
+    _check_fractions,
+    _check_int,
+    _check_kinds,
+    _check_screening,
+    _check_target,
+    _check_types,
+)
 from jaxablate.study_result import StudyResult
 from jaxablate.tasks.base import Task
 from jaxablate.validation import check_tokens
@@ -140,37 +155,37 @@ class Study:
                  model_name: str | None = None, store: Any = None, overwrite: bool = False,
                  chunk_size: int | None = None, devices: Any = None, mesh: Any = None):
         if not isinstance(model, GPT2):
-            raise TypeError(f"model: expected a jaxablate GPT2 (load_gpt2), got "
+            raise InputTypeError(f"model: expected a jaxablate GPT2 (load_gpt2), got "
                             f"{type(model).__name__}")
         if (task is None) == (tokens is None):
-            raise ValueError("give either a task or tokens (with metric=), not both or neither")
+            raise InputError("give either a task or tokens (with metric=), not both or neither")
         if task is not None and not isinstance(task, Task):
-            raise TypeError(f"task: expected a jaxablate.tasks.Task, got {type(task).__name__}")
+            raise InputTypeError(f"task: expected a jaxablate.tasks.Task, got {type(task).__name__}")
         if task is None and metric is None:
-            raise ValueError("metric is required with tokens, e.g. "
+            raise InputError("metric is required with tokens, e.g. "
                              "metric=jaxablate.metrics.logit_diff(correct, wrong)")
         metric = task.metric if metric is None else metric
         if not isinstance(metric, Metric):
-            raise TypeError(f"metric: expected one of jaxablate.metrics, got "
+            raise InputTypeError(f"metric: expected one of jaxablate.metrics, got "
                             f"{type(metric).__name__}")
         if ablation not in ABLATIONS:
-            raise ValueError(f"ablation must be one of {ABLATIONS}, got {ablation!r}")
+            raise InputError(f"ablation must be one of {ABLATIONS}, got {ablation!r}")
         kinds = _check_kinds(components)
         if neuron_layers is not None:
             if "neurons" not in kinds:
-                raise ValueError("neuron_layers is given but components has no 'neurons'")
+                raise InputError("neuron_layers is given but components has no 'neurons'")
             neuron_layers = [_check_int(v, "neuron_layers entry", 0) for v in neuron_layers]
             if not neuron_layers or max(neuron_layers) >= model.cfg.n_layers:
-                raise ValueError(f"neuron_layers must be layers in [0, {model.cfg.n_layers}), "
+                raise InputError(f"neuron_layers must be layers in [0, {model.cfg.n_layers}), "
                                  f"got {neuron_layers!r}")
         if threshold is not None and (isinstance(threshold, bool) or
                                       not isinstance(threshold, (int, float)) or
                                       not threshold >= 0 or not math.isfinite(threshold)):
-            raise ValueError(f"threshold must be a finite number >= 0, got {threshold!r}")
+            raise InputError(f"threshold must be a finite number >= 0, got {threshold!r}")
         self.tokens = check_tokens(task.tokens if task is not None else tokens, model.cfg)
         batch, seq = self.tokens.shape
         if batch < 2:
-            raise ValueError(f"a study needs at least 2 prompts (standard errors, bootstrap, "
+            raise InputError(f"a study needs at least 2 prompts (standard errors, bootstrap, "
                              f"resampling), got {batch}")
         # checks answer ids and positions on the host
         n_read = metric.prepare(self.tokens, model.cfg)[0].shape[1]
@@ -401,7 +416,7 @@ class Study:
         n = len(self.names)
         k = self.default_top_k() if top_k is None else _check_int(top_k, "top_k", 2)
         if k > n:
-            raise ValueError(f"top_k must be <= the {n} components studied, got {k}")
+            raise InputError(f"top_k must be <= the {n} components studied, got {k}")
         return k
 
     def interactions(self, top_k: int | None = None) -> dict[str, Any]:
@@ -456,7 +471,7 @@ class Study:
         and `top_k` (see `screen`)."""
         bad = [s for s in steps if s not in STEPS]
         if bad:
-            raise ValueError(f"unknown steps {bad}; known: {STEPS}")
+            raise InputError(f"unknown steps {bad}; known: {STEPS}")
         _check_fractions(fractions)
         _check_target(target)
         _check_types(types)

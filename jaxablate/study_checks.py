@@ -19,26 +19,28 @@ from typing import Any
 
 import numpy as np
 
+from jaxablate.errors import InputError
+
 ABLATIONS = ("zero", "mean", "resample")
 KINDS = {"heads": "head", "mlps": "mlp", "neurons": "neuron"}  # study kind -> report kind
 
 
 def _check_int(value: Any, name: str, least: int) -> int:
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < least:
-        raise ValueError(f"{name} must be an int >= {least}, got {value!r}")
+        raise InputError(f"{name} must be an int >= {least}, got {value!r}")
     return int(value)
 
 
 def _check_target(target: Any) -> float:
     if isinstance(target, bool) or not isinstance(target, (int, float)) or not 0 < target <= 1:
-        raise ValueError(f"target must be a fraction in (0, 1], got {target!r}")
+        raise InputError(f"target must be a fraction in (0, 1], got {target!r}")
     return float(target)
 
 
 def _check_fractions(fractions: Sequence[float]) -> np.ndarray:
     values = np.asarray(fractions, np.float64).reshape(-1)
     if not len(values) or not ((values > 0) & (values <= 1)).all():
-        raise ValueError(f"fractions must be non-empty and lie in (0, 1], got {fractions!r}")
+        raise InputError(f"fractions must be non-empty and lie in (0, 1], got {fractions!r}")
     return np.unique(values)
 
 
@@ -46,17 +48,17 @@ def _check_types(types: Sequence[str]) -> tuple[str, ...]:
     types = (types,) if isinstance(types, str) else tuple(types)
     bad = [t for t in types if t not in ABLATIONS]
     if bad or len(types) < 2 or len(set(types)) != len(types):
-        raise ValueError(f"types must be two or more distinct ablation types of {ABLATIONS}, "
+        raise InputError(f"types must be two or more distinct ablation types of {ABLATIONS}, "
                          f"got {types!r}")
     return types
 
 
 def _check_screening(method: Any, steps: Any, top_k: Any, n: int) -> None:
     if method not in ("grad", "ig"):
-        raise ValueError(f"screen_method must be 'grad' or 'ig', got {method!r}")
+        raise InputError(f"screen_method must be 'grad' or 'ig', got {method!r}")
     _check_int(steps, "screen_steps", 1)
     if top_k is not None and _check_int(top_k, "screen_top_k", 1) > n:
-        raise ValueError(f"screen_top_k must be <= the {n} components studied, got {top_k}")
+        raise InputError(f"screen_top_k must be <= the {n} components studied, got {top_k}")
 
 
 def _check_kinds(components: Any) -> tuple[str, ...]:
@@ -65,6 +67,6 @@ def _check_kinds(components: Any) -> tuple[str, ...]:
     kinds = tuple(plural.get(c, c) for c in given)
     bad = [c for c in kinds if c not in KINDS]
     if bad or not kinds or len(set(kinds)) != len(kinds):
-        raise ValueError(f"components must be distinct kinds among {tuple(KINDS)}, "
+        raise InputError(f"components must be distinct kinds among {tuple(KINDS)}, "
                          f"got {components!r}")
     return kinds

@@ -12,6 +12,8 @@ import dataclasses
 from collections.abc import Mapping
 from typing import Any
 
+from jaxablate.errors import InputError, InputTypeError
+
 
 @dataclasses.dataclass(frozen=True)
 class StudyResult:
@@ -53,10 +55,10 @@ def _as_dict(result: Any) -> dict[str, Any]:
     if hasattr(result, "to_dict"):
         result = result.to_dict()
     if not isinstance(result, Mapping):
-        raise TypeError(f"expected a study result dict (StudyResult.to_dict()), got "
+        raise InputTypeError(f"expected a study result dict (StudyResult.to_dict()), got "
                         f"{type(result).__name__}")
     missing = [k for k in ("meta", "baseline", "single") if k not in result]
     if missing:
-        raise ValueError(f"the study result has no {', '.join(missing)} section; expected the "
+        raise InputError(f"the study result has no {', '.join(missing)} section; expected the "
                          "dict of StudyResult.to_dict()")
     return dict(result)

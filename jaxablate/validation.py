@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 
 from jaxablate.config import GPT2Config
+from jaxablate.errors import InputError, InputTypeError
 from jaxablate.mask import Mask, kind_shapes
 from jaxablate.replacement import FIELD_FOR_KIND, Replacement
 
@@ -28,21 +29,21 @@ def check_tokens(tokens: Any, cfg: GPT2Config) -> np.ndarray:
     """
     array = np.asarray(tokens)
     if array.dtype == bool or not np.issubdtype(array.dtype, np.integer):
-        raise ValueError(f"tokens: expected integer token ids, got dtype {array.dtype}; pass "
+        raise InputError(f"tokens: expected integer token ids, got dtype {array.dtype}; pass "
                          "the tokenizer's ids (e.g. tokens.astype(np.int32))")
     if array.ndim != 2:
         hint = " (wrap one sequence as tokens[None])" if array.ndim == 1 else ""
-        raise ValueError(f"tokens: expected int [batch, seq], got shape {array.shape}{hint}")
+        raise InputError(f"tokens: expected int [batch, seq], got shape {array.shape}{hint}")
     batch, seq = array.shape
     if batch == 0 or seq == 0:
-        raise ValueError(f"tokens: expected a non-empty [batch, seq], got shape {array.shape}")
+        raise InputError(f"tokens: expected a non-empty [batch, seq], got shape {array.shape}")
     if seq > cfg.n_ctx:
-        raise ValueError(f"tokens: sequence length {seq} exceeds the model's n_ctx {cfg.n_ctx}; "
+        raise InputError(f"tokens: sequence length {seq} exceeds the model's n_ctx {cfg.n_ctx}; "
                          f"shorten the prompts to at most {cfg.n_ctx} tokens")
     low, high = int(array.min()), int(array.max())
     if low < 0 or high >= cfg.d_vocab:
         bad = low if low < 0 else high
-        raise ValueError(
+        raise InputError(
             f"tokens: id {bad} is outside the vocabulary [0, {cfg.d_vocab}); "
             "was the prompt tokenized for another model?"
         )
@@ -58,21 +59,21 @@ def check_positions(positions: Any, batch: int, seq: int, what: str = "positions
     """
     array = np.asarray(positions)
     if array.dtype == bool or not np.issubdtype(array.dtype, np.integer):
-        raise ValueError(f"{what}: expected integer positions, got dtype {array.dtype}")
+        raise InputError(f"{what}: expected integer positions, got dtype {array.dtype}")
     if array.ndim == 0:
         array = np.full((batch, 1), int(array))
     elif array.ndim == 1 and per_example:
         if array.shape[0] != batch:
-            raise ValueError(f"{what}: expected one position per example [batch] = [{batch}], "
+            raise InputError(f"{what}: expected one position per example [batch] = [{batch}], "
                              f"got shape {array.shape}")
         array = array[:, None]
     elif array.ndim == 1:
         array = np.broadcast_to(array[None, :], (batch, array.shape[0]))
     elif array.ndim != 2 or array.shape[0] != batch:
-        raise ValueError(f"{what}: expected [k] or [batch, k] with batch={batch}, "
+        raise InputError(f"{what}: expected [k] or [batch, k] with batch={batch}, "
                          f"got shape {array.shape}")
     if array.size and (array.min() < -seq or array.max() >= seq):
-        raise ValueError(f"{what}: position out of range for sequence length {seq} "
+        raise InputError(f"{what}: position out of range for sequence length {seq} "
                          f"(got values from {array.min()} to {array.max()}); positions must lie "
                          f"in [-{seq}, {seq})")
     return (array % seq).astype(np.int32)
@@ -88,14 +89,14 @@ def check_mask(
 ) -> None:
     """Check a `Mask` (stacked: with a leading mask axis) against the model and prompts."""
     if not isinstance(mask, Mask):
-        raise TypeError(f"mask: expected a jaxablate.Mask, got {type(mask).__name__}")
+        raise InputTypeError(f"mask: expected a jaxablate.Mask, got {type(mask).__name__}")
     kinds = mask.kinds()
     shapes = kind_shapes(cfg, seq_len=seq_len, n_features=n_features)
     leading = None
     for kind in kinds:
         array = np.asarray(getattr(mask, kind))
         if kind == "sae_features" and n_features is None:
-            raise ValueError("mask.sae_features is set but the model has no SAE; "
+            raise InputError("mask.sae_features is set but the model has no SAE; "
                              "attach one with jaxablate.attach_sae")
         want = shapes[kind]
         have = array.shape[1:] if stacked else array.shape
@@ -106,23 +107,23 @@ def check_mask(
                     "mlps": "layer", "neurons": "layer, neuron", "positions": "layer, seq",
                     "sae_features": "feature"}[kind]
             prefix = "n, " if stacked else ""
-            raise ValueError(f"mask.{kind}: expected [{prefix}{axes}] = "
+            raise InputError(f"mask.{kind}: expected [{prefix}{axes}] = "
                              f"{([array.shape[0]] if stacked and array.ndim else []) + list(want)}"
                              f", got {list(array.shape)} (built for another model or "
                              "sequence length?)")
         if stacked:
             if leading is not None and array.shape[0] != leading:
-                raise ValueError(f"mask.{kind}: leading mask axis is {array.shape[0]} but "
+                raise InputError(f"mask.{kind}: leading mask axis is {array.shape[0]} but "
                                  f"other kinds have {leading}")
             leading = array.shape[0]
         if not np.issubdtype(array.dtype, np.floating):
-            raise ValueError(f"mask.{kind}: keep-weights must be floats, got {array.dtype}")
+            raise InputError(f"mask.{kind}: keep-weights must be floats, got {array.dtype}")
         if not np.isfinite(array).all() or array.min(initial=0.0) < 0 or \
                 array.max(initial=1.0) > 1:
-            raise ValueError(f"mask.{kind}: keep-weights must lie in [0, 1], got values from "
+            raise InputError(f"mask.{kind}: keep-weights must lie in [0, 1], got values from "
                              f"{np.nanmin(array)} to {np.nanmax(array)}")
     if stacked and leading == 0:
-        raise ValueError("masks: the mask set is empty (leading axis 0)")
+        raise InputError("masks: the mask set is empty (leading axis 0)")
 
 
 def check_replacement(
@@ -137,10 +138,10 @@ def check_replacement(
     if not mask_kinds:
         return
     if replacement is None:
-        raise ValueError("replacement: a mask is given but no replacement; use "
+        raise InputError("replacement: a mask is given but no replacement; use "
                          "jaxablate.zero_replacement(model) or mean_replacement/resample")
     if not isinstance(replacement, Replacement):
-        raise TypeError(f"replacement: expected a jaxablate.Replacement, got "
+        raise InputTypeError(f"replacement: expected a jaxablate.Replacement, got "
                         f"{type(replacement).__name__}")
     d = cfg
     per_layer = {
@@ -154,13 +155,13 @@ def check_replacement(
         field = FIELD_FOR_KIND[kind]
         value = getattr(replacement, field)
         if value is None:
-            raise ValueError(f"replacement has no {field!r} values, needed to ablate {kind}; "
+            raise InputError(f"replacement has no {field!r} values, needed to ablate {kind}; "
                              "zero_replacement, mean_replacement and resample_replacement fill "
                              "every field")
         shape = np.shape(value)
         if replacement.per_example:
             if not shape or shape[0] != batch:
-                raise ValueError(f"replacement.{field}: per-example values for batch "
+                raise InputError(f"replacement.{field}: per-example values for batch "
                                  f"{shape[0] if shape else None}, but {batch} prompts are "
                                  "evaluated")
             shape = shape[1:]
@@ -171,8 +172,8 @@ def check_replacement(
         ) and shape[seq_axis] in (1, seq_len)
         if not ok:
             shown = ["seq|1" if w is None else w for w in want]
-            raise ValueError(f"replacement.{field}: expected {shown} with seq={seq_len}, "
+            raise InputError(f"replacement.{field}: expected {shown} with seq={seq_len}, "
                              f"got {list(shape)} (built for another model or sequence length?)")
         if not np.isfinite(np.asarray(value)).all():
-            raise ValueError(f"replacement.{field} contains NaN or inf; build it from finite "
+            raise InputError(f"replacement.{field} contains NaN or inf; build it from finite "
                              "values (zero_replacement, mean_replacement, resample_replacement)")

@@ -18,12 +18,14 @@ import pytest
 # Test modules import these from conftest; they live in the package so the benchmark shares them.
 from jaxablate.reference import random_hf_model as make_hf_model  # noqa: F401
 from jaxablate.reference import tl_from_hf  # noqa: F401
+from jaxablate.tokenizer import BUNDLED_DIR as BUNDLED_TOKENIZER_DIR
 
 jax.config.update("jax_numpy_rank_promotion", "raise")
 jax.config.update("jax_numpy_dtype_promotion", "strict")
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-TOKENIZER_DIR = REPO_ROOT.parent / "shared" / "data" / "gpt2-tokenizer"
+# The real GPT-2 tokenizer files ship inside the package: no test needs anything beside the repo.
+TOKENIZER_DIR = BUNDLED_TOKENIZER_DIR
 
 # Small enough for 2 CPU cores, large enough to have several layers, heads and a real causal mask.
 TINY = dict(n_layer=2, n_head=4, n_embd=32, vocab_size=101, n_positions=64)
@@ -83,9 +85,7 @@ def tiny_tl(tiny_hf):
 
 @pytest.fixture(scope="session")
 def tokenizer_dir():
-    """The real GPT-2 tokenizer files (vocab.json + merges.txt) shipped next to the repo."""
-    if not (TOKENIZER_DIR / "vocab.json").is_file():
-        pytest.skip(f"GPT-2 tokenizer files not found at {TOKENIZER_DIR}")
+    """The real GPT-2 tokenizer files (vocab.json + merges.txt) shipped in the package."""
     return TOKENIZER_DIR
 
 

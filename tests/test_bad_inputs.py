@@ -241,9 +241,7 @@ def ctx(tiny_model, tiny_dir, tmp_path_factory):
     two = tmp / "two-token.jsonl"
     two.write_text(json.dumps({"prompt": "When Mary and John went to the store, John gave a "
                                "drink to", "correct": "Maryland", "wrong": " John"}) + "\n")
-    tokenizer = None
-    if (TOKENIZER_DIR / "vocab.json").is_file():
-        tokenizer = ja.load_tokenizer(TOKENIZER_DIR)
+    tokenizer = ja.load_tokenizer(TOKENIZER_DIR)
     return SimpleNamespace(
         model=tiny_model, cfg=cfg, tokens=tokens, tmp=tmp, deep_model=deep_model,
         deep=deep_model.cfg, zero=ja.zero_replacement(tiny_model),
@@ -274,10 +272,6 @@ def nothing_compiles():
 
 @pytest.mark.parametrize("case", CASES, ids=lambda case: case.name)
 def test_bad_input_names_the_problem_and_the_fix(case, ctx, request, capsys):
-    text = case.name + " ".join(getattr(case, "argv", ()))
-    if ("tokenizer" in text or "prompt-file" in text or "multi-token" in text) \
-            and ctx.tokenizer is None:
-        pytest.skip(f"GPT-2 tokenizer files not found at {TOKENIZER_DIR}")
     if isinstance(case, Api):
         with nothing_compiles(), pytest.raises(case.error) as caught:
             case.call(ctx)

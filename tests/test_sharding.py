@@ -110,7 +110,10 @@ def pairs(a, b, path=""):
     elif isinstance(a, (int, float)) and not isinstance(a, bool):
         yield path, float(a), float(b)
 report["study"] = list(pairs(*results))
-report["gap"] = results[0]["baseline"]["mean"] - results[0]["circuit"]["metric_all_ablated"]
+report["baseline"] = results[0]["baseline"]["mean"]
+report["floor"] = results[0]["circuit"]["metric_all_ablated"]
+report["gap"] = report["baseline"] - report["floor"]
+report["recovered"] = results[0]["cumulative"]["recovered"]
 report["members"] = [r["circuit"]["members"] for r in results]
 print(json.dumps(report))
 """
@@ -120,13 +123,22 @@ print(json.dumps(report))
         assert span == 4, f"{name}: a chunk ran on {span} of 4 devices"
     for method, diff in report["attribute"].items():
         assert diff <= 1e-5, (method, diff)
-    # Metric values agree to float32 rounding (1e-5, as the sweeps). Recovered fractions
-    # (m - m_all) / (baseline - m_all) divide that rounding by the gap baseline - m_all.
+    # Metric values agree to float32 rounding: eps = 1e-5 x max(1, |metric|), as the sweeps.
+    # A recovered fraction r = (m - m_all) / (baseline - m_all) moves by at most
+    # (d m + d m_all + |r| (d baseline + d m_all)) / |gap| = eps (2 + 2 |r|) / |gap|, and the
+    # cliff's drop, a difference of two recovered fractions, by the sum of their bounds.
     assert len(report["study"]) > 500
-    recovered_tol = 1e-5 / abs(report["gap"])
+    eps = 1e-5 * max(1.0, abs(report["baseline"]), abs(report["floor"]))
+    gap = abs(report["gap"])
+    curve = max(abs(r) for r in report["recovered"])
     for path, a, b in report["study"]:
-        tol = recovered_tol if "recovered" in path or "faithfulness" in path else 1e-5
-        assert abs(a - b) <= tol * max(1.0, abs(a)), (path, a, b)
+        if "recovered" in path or "faithfulness" in path:
+            tol = eps * (2 + 2 * abs(a)) / gap
+        elif path.endswith("/cliff/drop"):
+            tol = 2 * eps * (2 + 2 * curve) / gap
+        else:
+            tol = 1e-5 * max(1.0, abs(a))
+        assert abs(a - b) <= tol, (path, a, b, tol)
     assert report["members"][0] == report["members"][1]
 
 

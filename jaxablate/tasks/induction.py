@@ -6,6 +6,7 @@ from __future__ import annotations
 import numpy as np
 
 from jaxablate import metrics
+from jaxablate.errors import InputError
 from jaxablate.tasks.base import Task
 
 
@@ -18,7 +19,7 @@ def repeated_tokens(rng: np.random.Generator, n: int, half: int, vocab: int,
         >>> repeated_tokens(np.random.default_rng(0), 2, 3, 10)     # [[a, b, c, a, b, c], ...]
     """
     if vocab - low < half:
-        raise ValueError(f"induction: {half} distinct tokens per half need a vocabulary of at "
+        raise InputError(f"induction: {half} distinct tokens per half need a vocabulary of at "
                          f"least {half} ids, got [{low}, {vocab})")
     first = np.stack([rng.choice(np.arange(low, vocab), half, replace=False) for _ in range(n)])
     return np.concatenate([first, first], axis=1).astype(np.int32)
@@ -39,10 +40,10 @@ def induction(n_prompts: int = 64, *, half: int = 16, vocab: int = 50257, seed: 
     """
     for name, value, least in (("n_prompts", n_prompts, 1), ("half", half, 2)):
         if not isinstance(value, (int, np.integer)) or value < least:
-            raise ValueError(f"induction: {name} must be an int >= {least}, got {value!r}")
+            raise InputError(f"induction: {name} must be an int >= {least}, got {value!r}")
     n_reference = n_prompts if n_reference is None else n_reference
     if not isinstance(n_reference, (int, np.integer)) or n_reference < 1:
-        raise ValueError(f"induction: n_reference must be an int >= 1, got {n_reference!r}")
+        raise InputError(f"induction: n_reference must be an int >= 1, got {n_reference!r}")
     rng = np.random.default_rng(seed)
     tokens = repeated_tokens(rng, n_prompts, half, vocab, low)
     reference = repeated_tokens(rng, n_reference, half, vocab, low)

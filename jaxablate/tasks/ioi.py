@@ -25,6 +25,7 @@ from typing import Any
 
 import numpy as np
 
+from jaxablate.errors import InputError
 from jaxablate.metrics import logit_diff
 from jaxablate.tasks.base import Task
 
@@ -156,7 +157,7 @@ def _slot_positions(tokenizer: Any, body: str, words: tuple[str, ...]) -> dict[s
         prefix = _fill(body[:match.start()], *words).removesuffix(" ")
         found[label] = len(tokenizer(prefix)["input_ids"])
     if set(found) != {"IO", "S1", "S2"}:  # holds for all 30 templates
-        raise ValueError(f"template {body!r} needs one [A] and two [B] before the answer")
+        raise InputError(f"template {body!r} needs one [A] and two [B] before the answer")
     return found
 
 
@@ -166,17 +167,17 @@ def _tokenize(tokenizer: Any, texts: Sequence[str], what: str) -> np.ndarray:
     lengths = sorted({len(i) for i in ids})
     if len(lengths) > 1:
         example = {n: texts[[len(i) for i in ids].index(n)] for n in lengths}
-        raise ValueError(f"{what}: prompts tokenize to different lengths {lengths} (one task "
+        raise InputError(f"{what}: prompts tokenize to different lengths {lengths} (one task "
                          f"needs one length); examples: {example}")
     return np.asarray(ids, np.int32)
 
 
 def _check_int(value: Any, name: str, low: int, high: int | None = None) -> int:
     if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        raise ValueError(f"{name} must be an int, got {value!r}")
+        raise InputError(f"{name} must be an int, got {value!r}")
     if value < low or (high is not None and value >= high):
         bounds = f">= {low}" if high is None else f"in [{low}, {high - 1}]"
-        raise ValueError(f"{name} must be {bounds}, got {value}")
+        raise InputError(f"{name} must be {bounds}, got {value}")
     return int(value)
 
 
@@ -215,13 +216,13 @@ def ioi(tokenizer: Any, n_prompts: int = 64, *, template: int = 0, seed: int = 0
     seed = _check_int(seed, "seed", 0)
     text = templates[template]
     if not text.endswith(_ANSWER):  # holds for all 30; guards an edited template list
-        raise ValueError(f"template {template} must end with the answer slot '{_ANSWER}'")
+        raise InputError(f"template {template} must end with the answer slot '{_ANSWER}'")
     body = text[:-len(_ANSWER)]
 
     vocab = ioi_vocabulary(tokenizer)
     names, places, objects = vocab["names"], vocab["places"], vocab["objects"]
     if len(names) < _MIN_NAMES or not places or not objects:
-        raise ValueError(
+        raise InputError(
             f"this tokenizer leaves {len(names)} single-token names, {len(places)} places and "
             f"{len(objects)} objects; IOI needs at least {_MIN_NAMES} names (IO, S and three "
             "ABC names) and one of each noun")
@@ -249,7 +250,7 @@ def ioi(tokenizer: Any, n_prompts: int = 64, *, template: int = 0, seed: int = 0
     reference = _tokenize(tokenizer, ref_texts, f"{where} (ABC reference)")
     seq = tokens.shape[1]
     if reference.shape[1] != seq:
-        raise ValueError(f"{where}: ABC prompts have {reference.shape[1]} tokens, the IOI "
+        raise InputError(f"{where}: ABC prompts have {reference.shape[1]} tokens, the IOI "
                          f"prompts {seq}; per-position means need one length")
 
     slots = _slot_positions(tokenizer, body, words(0, io[0], s[0], s[0]))
@@ -260,7 +261,7 @@ def ioi(tokenizer: Any, n_prompts: int = 64, *, template: int = 0, seed: int = 0
     for label, (ids, ref_ids) in expected.items():
         if not (np.array_equal(tokens[:, slots[label]], ids)
                 and np.array_equal(reference[:, slots[label]], ref_ids)):
-            raise ValueError(f"{where}: the {label} name is not at token {slots[label]} in "
+            raise InputError(f"{where}: the {label} name is not at token {slots[label]} in "
                              "every prompt; the tokenizer splits the template differently "
                              "from GPT-2's")
 

@@ -20,6 +20,7 @@ from typing import Any
 
 import numpy as np
 
+from jaxablate.errors import InputError
 from jaxablate.metrics import logit_diff
 from jaxablate.tasks.base import Task
 
@@ -40,21 +41,21 @@ def _answer_id(tokenizer: Any, answer: str, key: str, where: str) -> int:
     hint = ""
     if answer and not answer.startswith(" ") and len(tokenizer(" " + answer)["input_ids"]) == 1:
         hint = f"; with a leading space, {' ' + answer!r} is one token"
-    raise ValueError(f"{where}: {key!r} answer {answer!r} is {len(ids)} tokens {pieces} "
+    raise InputError(f"{where}: {key!r} answer {answer!r} is {len(ids)} tokens {pieces} "
                      f"(ids {list(ids)}), expected exactly 1 token{hint}")
 
 
 def _check_record(record: Any, where: str) -> tuple[str, str, str]:
     if not isinstance(record, Mapping):
-        raise ValueError(f"{where}: expected a JSON object, got {type(record).__name__} "
+        raise InputError(f"{where}: expected a JSON object, got {type(record).__name__} "
                          f"{record!r}; {_FORMAT}")
     missing = [k for k in KEYS if k not in record]
     if missing:
-        raise ValueError(f"{where}: missing key(s) {', '.join(map(repr, missing))} "
+        raise InputError(f"{where}: missing key(s) {', '.join(map(repr, missing))} "
                          f"(found {sorted(map(str, record))}); {_FORMAT}")
     for key in KEYS:
         if not isinstance(record[key], str):
-            raise ValueError(f"{where}: {key!r} must be a string, got "
+            raise InputError(f"{where}: {key!r} must be a string, got "
                              f"{type(record[key]).__name__} {record[key]!r}")
     return record["prompt"], record["correct"], record["wrong"]
 
@@ -62,18 +63,18 @@ def _check_record(record: Any, where: str) -> tuple[str, str, str]:
 def _build(entries: Sequence[tuple[str, Any]], tokenizer: Any, source: str) -> Task:
     """The task from (location, record) pairs; `location` names each record in errors."""
     if not entries:
-        raise ValueError(f"{source}: no prompts; {_FORMAT}")
+        raise InputError(f"{source}: no prompts; {_FORMAT}")
     prompts, ids, correct, wrong = [], [], [], []
     for location, record in entries:
         where = f"{source}, {location}"
         prompt, good, bad = _check_record(record, where)
         prompt_ids = tokenizer(prompt)["input_ids"]
         if not prompt_ids:
-            raise ValueError(f"{where}: the prompt is empty (0 tokens)")
+            raise InputError(f"{where}: the prompt is empty (0 tokens)")
         good_id = _answer_id(tokenizer, good, "correct", where)
         bad_id = _answer_id(tokenizer, bad, "wrong", where)
         if good_id == bad_id:
-            raise ValueError(f"{where}: 'correct' and 'wrong' are the same token "
+            raise InputError(f"{where}: 'correct' and 'wrong' are the same token "
                              f"({good!r} = {bad!r}, id {good_id}); the logit difference "
                              "would be 0")
         prompts.append(prompt)
@@ -90,7 +91,7 @@ def _build(entries: Sequence[tuple[str, Any]], tokenizer: Any, source: str) -> T
             shown = ", ".join(places[:_SHOWN]) + (", ..." if len(places) > _SHOWN else "")
             groups.append(f"{length} tokens: {len(places)} prompt"
                           f"{'s' if len(places) > 1 else ''} ({shown})")
-        raise ValueError(
+        raise InputError(
             f"{source}: prompts have different token lengths: {'; '.join(groups)}. The sweep "
             "takes a rectangle [batch, seq], so one task needs one prompt length: group the "
             "prompts by token length into separate files (one task per length).")
@@ -125,7 +126,7 @@ def from_records(records: Sequence[Any], tokenizer: Any, source: str = "records"
         >>> task.tokens.shape, task.correct                  # ((1, 5), array([6342]))
     """
     if isinstance(records, (str, bytes)) or not isinstance(records, Sequence):
-        raise ValueError(f"{source}: expected a list of dicts, got {type(records).__name__}")
+        raise InputError(f"{source}: expected a list of dicts, got {type(records).__name__}")
     return _build([(f"record {i}", r) for i, r in enumerate(records)], tokenizer, source)
 
 
@@ -150,9 +151,9 @@ def from_jsonl(path: str | os.PathLike, tokenizer: Any) -> Task:
             try:
                 record = json.loads(line)
             except json.JSONDecodeError as error:
-                raise ValueError(f"{source}, line {number}: invalid JSON ({error.msg} at "
+                raise InputError(f"{source}, line {number}: invalid JSON ({error.msg} at "
                                  f"column {error.colno}); {_FORMAT}") from None
             entries.append((f"line {number}", record))
     if not entries:
-        raise ValueError(f"{source}: the file is empty (no prompts); {_FORMAT}")
+        raise InputError(f"{source}: the file is empty (no prompts); {_FORMAT}")
     return _build(entries, tokenizer, source)

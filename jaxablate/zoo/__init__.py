@@ -13,6 +13,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+from jaxablate.errors import InputError
+
 BUNDLED = ("induction",)
 _HERE = Path(__file__).resolve().parent
 
@@ -25,10 +27,10 @@ def bundled_path(name: str) -> Path:
         'induction'
     """
     if name not in BUNDLED:
-        raise ValueError(f"no bundled model {name!r}; bundled models: {', '.join(BUNDLED)}")
+        raise InputError(f"no bundled model {name!r}; bundled models: {', '.join(BUNDLED)}")
     folder = _HERE / name
     if not (folder / "model.safetensors").is_file():
-        raise ValueError(f"bundled model {name!r} is missing its weights in {folder} (a broken "
+        raise InputError(f"bundled model {name!r} is missing its weights in {folder} (a broken "
                          "install?); retrain with python -m jaxablate.zoo.train_" + name)
     return folder
 

@@ -1,0 +1,311 @@
+"""Every computation path of `sweep` against a plain loop of `jaxablate.forward`.
+
+The sweep has several ways to reach the same numbers, and each is a place for a bug to hide:
+
+* own chunks: a chunk resumes from the clean stream at its earliest mask's first layer; a
+  chunk that straddles layers recomputes a few clean layers for its later masks;
+* attention reuse: with no positions or SAE kind, the resume layer's clean attention is
+  reused and only the ablated heads' z change, by a delta through W_O;
+* parents: masks touching several layers share a parent trajectory (the mask restricted to
+  its earlier layers), and each child resumes from it at its own last layer; children of
+  one chunk may have different last layers (the chunk straddles);
+* per-example replacements (resample) on each of those.
+
+So every model here has 3-5 layers (a 2-layer model has no layer between a parent's and a
+child's), keep-weights are fractions in (0, 1) drawn per entry (weight 0 hides a blend
+applied twice: 0^2 = 0), kinds are mixed, and the chunk sizes are chosen so chunks straddle
+layers. Each case also records which paths the sweep took (the compiled entry points are
+wrapped), so a test cannot pass by silently falling back to the slow path.
+
+Tolerance: ATOL = 1e-5, float32 rounding between two compiled programs (test_engine.py).
+"""
+
+from __future__ import annotations
+
+import itertools
+
+import jax
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+import jaxablate
+from jaxablate import GPT2Config, masks, metrics
+from jaxablate import engine as engine_lib
+from jaxablate.masks import MaskSet
+from jaxablate.components import parse_component
+
+from test_engine_properties import random_model, random_replacement
+
+ATOL = 1e-5
+BATCH = 3
+SEQ = 6
+
+# (n_layers, n_heads, d_head, d_mlp): 3, 4 and 5 layers
+CONFIGS = [(3, 3, 4, 16), (4, 3, 4, 24), (5, 2, 4, 16)]
+
+
+def make_cfg(spec):
+    n_layers, n_heads, d_head, d_mlp = spec
+    return GPT2Config(n_layers=n_layers, n_heads=n_heads, d_model=n_heads * d_head,
+                      d_mlp=d_mlp, d_vocab=29, n_ctx=8)
+
+
+def weighted_set(cfg, groups, rng, seq_len=SEQ):
+    """A MaskSet with one mask per group of component names. Each component has its own
+    keep-weight, drawn from (0.05, 0.95) once, so masks that share a first component share
+    a parent (a parent is a set of components with their weights)."""
+    rows: dict[str, list] = {}
+    weights: dict[str, float] = {}
+    for i, group in enumerate(groups):
+        for name in group:
+            c = parse_component(name)
+            w = weights.setdefault(name, float(rng.uniform(0.05, 0.95)))
+            rows.setdefault(c.kind, []).append((i, c.index, w))
+    entries = {k: (np.array([r[0] for r in rs], np.int64),
+                   np.array([r[1] for r in rs], np.int64),
+                   np.array([r[2] for r in rs], np.float32)) for k, rs in rows.items()}
+    return MaskSet(cfg, entries, ["+".join(g) for g in groups], seq_len=seq_len)
+
+
+def components(cfg, kinds, seq=SEQ):
+    """Every component name of `kinds` (neurons: two per layer; positions: two per layer)."""
+    out = []
+    for layer in range(cfg.n_layers):
+        if "heads" in kinds:
+            out += [f"{layer}.{h}" for h in range(cfg.n_heads)]
+        if "head_positions" in kinds:
+            out += [f"{layer}.{h}@{p}" for h in range(cfg.n_heads) for p in (1, seq - 1)]
+        if "mlps" in kinds:
+            out.append(f"mlp{layer}")
+        if "neurons" in kinds:
+            out += [f"n{layer}.{i}" for i in (0, cfg.d_mlp - 1)]
+        if "positions" in kinds:
+            out += [f"resid{layer}@{p}" for p in (0, seq - 2)]
+    return out
+
+
+class Recorder:
+    """Wraps the sweep's compiled entry points and records which paths ran."""
+
+    def __init__(self, monkeypatch):
+        self.chunks: list[dict] = []
+        self.trajectories = 0
+        run_chunk, run_traj = engine_lib._run_chunk, engine_lib._run_trajectories
+
+        def chunk(model, x0, attended, start, *args):
+            self.chunks.append({"start": int(start), "parent": x0.ndim == 4,
+                                "attended": attended is not None})
+            return run_chunk(model, x0, attended, start, *args)
+
+        def trajectories(*args):
+            self.trajectories += 1
+            return run_traj(*args)
+
+        monkeypatch.setattr(engine_lib, "_run_chunk", chunk)
+        monkeypatch.setattr(engine_lib, "_run_trajectories", trajectories)
+
+    def took(self, *, parent: bool, attended: bool) -> bool:
+        return any(c["parent"] == parent and c["attended"] == attended for c in self.chunks)
+
+
+def loop(model, tokens, mask_set, replacement, metric_name, correct, wrong):
+    """The reference: one `jaxablate.forward` per mask, the metric in float64 numpy."""
+    clean = np.asarray(jaxablate.forward(model, tokens), np.float64)
+    out = []
+    for i in range(len(mask_set)):
+        logits = np.asarray(jaxablate.forward(model, tokens, mask_set.mask(i), replacement),
+                            np.float64)
+        out.append(np_metric(metric_name, logits, clean, tokens, correct, wrong))
+    return np.stack(out)
+
+
+def log_softmax(x):
+    x = x - x.max(-1, keepdims=True)
+    return x - np.log(np.exp(x).sum(-1, keepdims=True))
+
+
+def np_metric(name, logits, clean, tokens, correct, wrong):
+    rows = np.arange(len(tokens))
+    if name == "logit_diff":
+        return logits[rows, -1, correct] - logits[rows, -1, wrong]
+    if name == "loss":
+        logp = log_softmax(logits[:, :-1])
+        return -np.take_along_axis(logp, tokens[:, 1:, None].astype(np.int64), -1)[..., 0].mean(-1)
+    if name == "kl_to_clean":
+        logp, logq = log_softmax(logits[:, -1]), log_softmax(clean[:, -1])
+        return (np.exp(logq) * (logq - logp)).sum(-1)
+    raise AssertionError(name)
+
+
+def ja_metric(name, correct, wrong):
+    return {"logit_diff": lambda: metrics.logit_diff(correct, wrong),
+            "loss": metrics.loss, "kl_to_clean": metrics.kl_to_clean}[name]()
+
+
+@pytest.fixture(scope="module", params=range(len(CONFIGS)), ids=lambda i: f"{CONFIGS[i][0]}L")
+def setup(request):
+    cfg = make_cfg(CONFIGS[request.param])
+    model = random_model(cfg, 10 + request.param)
+    rng = np.random.default_rng(request.param)
+    tokens = rng.integers(0, cfg.d_vocab, (BATCH, SEQ)).astype(np.int32)
+    correct = rng.integers(0, cfg.d_vocab, BATCH)
+    wrong = (correct + rng.integers(1, cfg.d_vocab, BATCH)) % cfg.d_vocab
+    repl = {"random": random_replacement(cfg, SEQ, rng),
+            "resample": jaxablate.resample_replacement(model, tokens, jax.random.key(1))}
+    return cfg, model, tokens, correct, wrong, repl
+
+
+def check(setup, monkeypatch, mask_set, repl_name, metric_name, chunk_size, expect):
+    """sweep equals the loop with prefix reuse (at `chunk_size`, and with the whole set in
+    one chunk, where children of every parent straddle every layer) and without it; the
+    expected paths were taken. Returns the start layers of the chunks run."""
+    cfg, model, tokens, correct, wrong, repl = setup
+    replacement = repl[repl_name]
+    metric = ja_metric(metric_name, correct, wrong)
+    want = loop(model, tokens, mask_set, replacement, metric_name, correct, wrong)
+    recorder = Recorder(monkeypatch)
+    for size in (chunk_size, len(mask_set)):
+        got = jaxablate.sweep(model, tokens, mask_set, replacement, metric, size)
+        np.testing.assert_allclose(got, want, rtol=0, atol=ATOL,
+                                   err_msg=f"reuse_prefix=True, chunk_size={size}")
+    for parent, attended in expect:
+        assert recorder.took(parent=parent, attended=attended), (
+            f"path parent={parent} attended={attended} not taken: {recorder.chunks}")
+    starts = {c["start"] for c in recorder.chunks}
+    plain = jaxablate.sweep(model, tokens, mask_set, replacement, metric, chunk_size,
+                            reuse_prefix=False)
+    np.testing.assert_allclose(plain, want, rtol=0, atol=ATOL, err_msg="reuse_prefix=False")
+    return starts
+
+
+# ---------------------------------------------------------------------------------------------
+# Masks touching one layer each: own chunks, resumed from the clean stream.
+
+
+@pytest.mark.parametrize("repl_name", ["random", "resample"])
+def test_single_heads_attention_reuse_straddling_chunks(setup, monkeypatch, repl_name):
+    cfg = setup[0]
+    rng = np.random.default_rng(1)
+    ms = weighted_set(cfg, [[c] for c in components(cfg, ("heads",))], rng)
+    # chunk of n_heads + 1: every chunk straddles two layers
+    starts = check(setup, monkeypatch, ms, repl_name, "logit_diff", cfg.n_heads + 1,
+                   expect=[(False, True)])
+    assert len(starts) > 1
+
+
+@pytest.mark.parametrize("metric_name", ["logit_diff", "loss", "kl_to_clean"])
+def test_single_components_of_every_kind(setup, monkeypatch, metric_name):
+    cfg = setup[0]
+    rng = np.random.default_rng(2)
+    kinds = ("heads", "head_positions", "mlps", "neurons", "positions")
+    ms = weighted_set(cfg, [[c] for c in components(cfg, kinds)], rng)
+    check(setup, monkeypatch, ms, "random", metric_name, 7, expect=[(False, False)])
+
+
+def test_single_components_without_positions_reuse_attention(setup, monkeypatch):
+    cfg = setup[0]
+    rng = np.random.default_rng(3)
+    kinds = ("heads", "head_positions", "mlps", "neurons")
+    ms = weighted_set(cfg, [[c] for c in components(cfg, kinds)], rng)
+    check(setup, monkeypatch, ms, "resample", "logit_diff", 5, expect=[(False, True)])
+
+
+# ---------------------------------------------------------------------------------------------
+# Masks touching several layers: parents' trajectories, children resumed from them.
+
+
+@pytest.mark.parametrize("repl_name", ["random", "resample"])
+def test_head_pairs_fractional_parents_with_attention_reuse(setup, monkeypatch, repl_name):
+    cfg = setup[0]
+    # The issue's reproduction: one keep-weight for every head of every pair.
+    ms = masks.head_pairs(cfg, weight=0.5)
+    check(setup, monkeypatch, ms, repl_name, "logit_diff", 4, expect=[(True, True)])
+
+
+def test_head_pairs_per_entry_weights(setup, monkeypatch):
+    cfg = setup[0]
+    rng = np.random.default_rng(4)
+    heads = components(cfg, ("heads",))
+    ms = weighted_set(cfg, [list(p) for p in itertools.combinations(heads, 2)], rng)
+    check(setup, monkeypatch, ms, "random", "loss", 5, expect=[(True, True)])
+
+
+def _spanning_groups(cfg, first_kinds, later_kinds, size=2):
+    """Groups of `size` components in distinct layers: the first from `first_kinds` in an
+    early layer, the rest from `later_kinds` in later layers; many share their first."""
+    early = [c for c in components(cfg, first_kinds)
+             if parse_component(c).index[0] < cfg.n_layers - size + 1]
+    late = components(cfg, later_kinds)
+    groups = []
+    for a in early[::2]:
+        la = parse_component(a).index[0]
+        rest = [c for c in late if parse_component(c).index[0] > la]
+        for combo in itertools.combinations(rest, size - 1):
+            layers = [parse_component(c).index[0] for c in combo]
+            if len(set(layers)) == len(layers):
+                groups.append([a, *combo])
+    return groups
+
+
+def test_mixed_kind_pairs_parents_with_attention_reuse(setup, monkeypatch):
+    cfg = setup[0]
+    rng = np.random.default_rng(5)
+    groups = _spanning_groups(cfg, ("heads", "mlps", "neurons", "head_positions"),
+                              ("heads", "mlps", "neurons"))
+    ms = weighted_set(cfg, groups, rng)
+    check(setup, monkeypatch, ms, "random", "logit_diff", 6, expect=[(True, True)])
+
+
+def test_mixed_kind_pairs_with_positions_parents_without_attention_reuse(setup, monkeypatch):
+    cfg = setup[0]
+    rng = np.random.default_rng(6)
+    groups = _spanning_groups(cfg, ("heads", "positions", "neurons"),
+                              ("heads", "positions", "mlps", "head_positions"))
+    ms = weighted_set(cfg, groups, rng)
+    check(setup, monkeypatch, ms, "resample", "logit_diff", 6, expect=[(True, False)])
+
+
+def test_triples_across_three_layers(setup, monkeypatch):
+    cfg = setup[0]
+    rng = np.random.default_rng(7)
+    groups = _spanning_groups(cfg, ("heads",), ("heads", "mlps"), size=3)
+    ms = weighted_set(cfg, groups, rng)
+    check(setup, monkeypatch, ms, "random", "kl_to_clean", 4, expect=[(True, True)])
+
+
+# ---------------------------------------------------------------------------------------------
+# Random mixed sets (hypothesis): own chunks and parents together, any chunk size.
+
+
+@settings(max_examples=6, deadline=None, database=None,
+          suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
+@given(data=st.data())
+def test_random_mixed_sets_equal_loop(setup, monkeypatch, data):
+    # A few shared first components, each followed by one or two later ones (so parents are
+    # shared), plus single components; any kinds, any chunk size.
+    cfg = setup[0]
+    with_positions = data.draw(st.booleans(), label="positions kind")
+    kinds = ("heads", "head_positions", "mlps", "neurons") + (
+        ("positions",) if with_positions else ())
+    pool = components(cfg, kinds)
+    firsts = data.draw(st.lists(st.sampled_from(pool), min_size=1, max_size=3, unique=True),
+                       label="shared firsts")
+    groups = [[c] for c in data.draw(st.lists(st.sampled_from(pool), max_size=6),
+                                     label="singles")]
+    for first in firsts:
+        later = [c for c in pool if parse_component(c).index[0] > parse_component(first).index[0]]
+        if later:
+            tails = data.draw(st.lists(st.lists(st.sampled_from(later), min_size=1,
+                                                max_size=2, unique=True),
+                                       min_size=2, max_size=6), label=f"after {first}")
+            groups += [[first, *tail] for tail in tails]
+    if not groups:
+        groups = [[pool[0]]]
+    seed = data.draw(st.integers(0, 2**31 - 1), label="weights seed")
+    ms = weighted_set(cfg, groups, np.random.default_rng(seed))
+    chunk = data.draw(st.integers(1, len(groups)), label="chunk size")
+    repl_name = data.draw(st.sampled_from(["random", "resample"]), label="replacement")
+    monkeypatch.undo()
+    check(setup, monkeypatch, ms, repl_name, "logit_diff", chunk, expect=[])
