@@ -25,9 +25,9 @@ estimate. Two methods:
 IG splits the effect of ablating *everything scored at once* among the components. It equals
 each component's single-ablation effect only where components do not interact (f additive in
 them), e.g. when one component is scored alone (`components=["5.2"]`). Verify the top
-candidates with an exact `sweep`. Gradients of a piecewise-constant metric (accuracy) are 0:
-use logit_diff, prob, loss or kl_to_clean. kl_to_clean is minimal at the clean point, so its
-"grad" estimates are 0 too: use "ig" with it.
+candidates with an exact `sweep`. Gradients of a piecewise-constant metric (accuracy) are 0,
+so `attribute` refuses it: use logit_diff, prob, loss or kl_to_clean. kl_to_clean is minimal
+at the clean point, so its gradient there is 0 too: "grad" refuses it, use "ig".
 """
 
 from __future__ import annotations
@@ -43,10 +43,10 @@ import numpy as np
 from jaxtyping import Array, Float
 
 from jaxablate.components import Component, check_component, parse_component
-from jaxablate.errors import InputError, InputTypeError
+from jaxablate.errors import InputError
 from jaxablate.forward import validate_call
 from jaxablate.mask import KINDS, Mask
-from jaxablate.metrics import Metric
+from jaxablate.metrics import check_metric
 from jaxablate.model import GPT2
 from jaxablate.replacement import Replacement
 from jaxablate.sharding import placement
@@ -61,7 +61,9 @@ class Attribution(eqx.Module):
     head_positions [batch, layer, seq, head], positions [batch, layer, seq],
     sae_features [batch, feature] (only the kinds scored are set).
 
-    estimate: metric(component ablated) - metric(clean), estimated (module docstring).
+    metric_change: the estimated metric(component ablated) - metric(clean) (module
+    docstring; the sign vocabulary is docs/conventions.md's: a *metric change*, negative for
+    an important component under a higher-is-better metric). `.estimate` is the same Mask.
     clean: the metric without ablation [batch]. ablated: for "ig", the exact metric with every
     scored component ablated together [batch] (the value the IG estimates sum to); None for
     "grad".
@@ -72,15 +74,20 @@ class Attribution(eqx.Module):
         >>> att.ranking()[:5]                            # [("9.9", -1.3), ("mlp0", -0.8), ...]
     """
 
-    estimate: Mask
+    metric_change: Mask
     clean: Float[Array, " batch"]
     ablated: Float[Array, " batch"] | None
     method: str = eqx.field(static=True)
     steps: int = eqx.field(static=True)
 
+    @property
+    def estimate(self) -> Mask:
+        """The same as `metric_change` (its earlier name)."""
+        return self.metric_change
+
     def mean(self) -> Mask:
         """The estimates averaged over examples: a `Mask` of floats (heads [layer, head], ...)."""
-        return jax.tree_util.tree_map(lambda a: a.mean(axis=0), self.estimate)
+        return jax.tree_util.tree_map(lambda a: a.mean(axis=0), self.metric_change)
 
     def ranking(self, top: int | None = None) -> list[tuple[str, float]]:
         """(component name, mean estimate) sorted by |mean estimate|, largest first.
@@ -102,7 +109,8 @@ class Attribution(eqx.Module):
         Example:
             >>> att.per_example(["0.1", "mlp1"]).shape               # (2, batch)
         """
-        fields = {k: np.asarray(getattr(self.estimate, k)) for k in self.estimate.kinds()}
+        fields = {k: np.asarray(getattr(self.metric_change, k))
+                  for k in self.metric_change.kinds()}
         rows = []
         for spec in names:
             c = parse_component(spec)
@@ -185,7 +193,7 @@ def attribute(
     model: GPT2,
     tokens: Any,
     replacement: Replacement | None,
-    metric: Metric,
+    metric: Any,
     method: str = "grad",
     *,
     kinds: Sequence[str] = ("heads",),
@@ -209,7 +217,7 @@ def attribute(
     default: all at once). devices / mesh: split each chunk's examples over these devices
     (as `sweep`'s; default every local device), the chunk rounded up to a multiple of them.
 
-    Returns an `Attribution`: `.estimate` Mask-shaped [batch, ...] (e.g. heads
+    Returns an `Attribution`: `.metric_change` Mask-shaped [batch, ...] (e.g. heads
     [batch, layer, head]), `.mean()`, `.ranking()`, `.clean` and for "ig" `.ablated`.
 
     Example:
@@ -225,9 +233,15 @@ def attribute(
                                    or not isinstance(chunk_size, numbers.Integral)
                                    or chunk_size < 1):
         raise InputError(f"chunk_size must be a positive int, got {chunk_size!r}")
-    if not isinstance(metric, Metric):
-        raise InputTypeError(f"metric: expected one of jaxablate.metrics (logit_diff, prob, loss, "
-                        f"kl_to_clean), got {type(metric).__name__}")
+    check_metric(metric)
+    if not metric.differentiable:
+        raise InputError(f"attribute: the {metric.name} metric is piecewise constant, so its "
+                         "gradient is 0 wherever it exists; screen with logit_diff, prob, loss "
+                         "or kl_to_clean and check accuracy with an exact sweep")
+    if method == "grad" and metric.stationary_at_clean:
+        raise InputError(f"attribute: {metric.name} is minimal at the clean model, so its "
+                         "gradient there is 0 for every component; use method='ig' (it "
+                         "integrates along the ablation path) or another metric")
     if isinstance(kinds, str):
         kinds = (kinds,)
     kinds = tuple(kinds)
@@ -240,6 +254,14 @@ def attribute(
     if components is not None and method != "ig":
         raise InputError("components= selects the integrated-gradients path; with "
                          "method='grad' every component's gradient is taken at m = 1 anyway")
+    if components is not None:
+        if isinstance(components, str):
+            components = [components]
+        components = list(components)
+        if not components:
+            raise InputError("components: an empty list moves nothing along the path (every "
+                             "estimate would be 0); give the components to score, or None "
+                             "for all of `kinds`")
     tokens = validate_call(model, tokens, None, None)
     batch, seq = tokens.shape
     n_features = None if model.sae is None else model.sae.n_features

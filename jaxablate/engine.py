@@ -15,7 +15,6 @@ How it stays fast:
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable
 from typing import Any
 
 import equinox as eqx
@@ -29,12 +28,12 @@ from jaxablate.errors import InputError, InputTypeError
 from jaxablate.forward import validate_call
 from jaxablate.mask import Mask
 from jaxablate.masks import MaskSet
-from jaxablate.metrics import Metric, vocab_columns
+from jaxablate.metrics import Metric, check_metric, vocab_columns
 from jaxablate.model import GPT2
 from jaxablate.replacement import Replacement
 from jaxablate.schedule import budget_bytes, check_chunk_size, default_chunk_size, plan_chunk_size
 from jaxablate.sharding import placement
-from jaxablate.validation import check_replacement
+from jaxablate.validation import check_progress, check_replacement
 
 PARENT_BLOCK = 16  # parents' trajectories per compiled call, at most
 
@@ -252,14 +251,13 @@ def _schedule(model: GPT2, mask_set: MaskSet, batch: int, seq: int, n_read: int,
 
 
 def check_sweep(model: GPT2, tokens: Any, masks: MaskSet | Mask, replacement: Any,
-                metric: Metric, chunk_size: Any, memory_budget: int | None
-                ) -> tuple[np.ndarray, MaskSet, np.ndarray, dict[str, np.ndarray], int | None]:
+                metric: Any, chunk_size: Any, memory_budget: int | None,
+                progress: Any = None) -> tuple[np.ndarray, MaskSet, np.ndarray, dict[str, np.ndarray], int | None]:
     """A sweep's arguments checked on the host before anything compiles: (tokens int32
     [batch, seq], the MaskSet, the metric's positions [batch, k] and data, the explicit chunk
     size or None). Raises the ValueError/TypeError that names the problem."""
-    if not isinstance(metric, Metric):
-        raise InputTypeError(f"metric: expected one of jaxablate.metrics (logit_diff, accuracy, "
-                        f"prob, loss, kl_to_clean), got {type(metric).__name__}")
+    check_metric(metric)
+    check_progress(progress)
     tokens = validate_call(model, tokens, None, None)
     batch, seq = tokens.shape
     mask_set = as_mask_set(masks, model, seq)
@@ -272,7 +270,7 @@ def check_sweep(model: GPT2, tokens: Any, masks: MaskSet | Mask, replacement: An
     return tokens, mask_set, positions, data, chunk_size
 
 
-def planned_chunk_size(model: GPT2, tokens: Any, masks: MaskSet | Mask, metric: Metric, *,
+def planned_chunk_size(model: GPT2, tokens: Any, masks: MaskSet | Mask, metric: Any, *,
                        reuse_prefix: bool = True, memory_budget: int | None = None) -> int:
     """The chunk size `sweep` picks for these arguments (masks per compiled call).
 
@@ -282,6 +280,7 @@ def planned_chunk_size(model: GPT2, tokens: Any, masks: MaskSet | Mask, metric: 
     Example:
         >>> c = planned_chunk_size(model, tokens, masks.head_pairs(cfg), metric)   # e.g. 48
     """
+    check_metric(metric)
     tokens = validate_call(model, tokens, None, None)
     batch, seq = tokens.shape
     mask_set = as_mask_set(masks, model, seq)
@@ -295,10 +294,10 @@ def sweep(
     tokens: Any,
     masks: MaskSet | Mask,
     replacement: Replacement | None,
-    metric: Metric,
+    metric: Any,
     chunk_size: int | np.integer | None = None,
     *,
-    progress: Callable[[int, int], None] | None = None,
+    progress: Any = None,
     reuse_prefix: bool = True,
     memory_budget: int | None = None,
     store: Any = None,
@@ -337,7 +336,7 @@ def sweep(
                            memory_budget=memory_budget, devices=devices, mesh=mesh)
     place = placement(devices, mesh)
     tokens, mask_set, positions, data, chunk_size = check_sweep(
-        model, tokens, masks, replacement, metric, chunk_size, memory_budget)
+        model, tokens, masks, replacement, metric, chunk_size, memory_budget, progress)
     batch, seq = tokens.shape
     n = len(mask_set)
     explicit = chunk_size is not None
@@ -410,12 +409,13 @@ def sweep(
     return out
 
 
-def clean_metric(model: GPT2, tokens: Any, metric: Metric) -> Float[np.ndarray, " batch"]:
+def clean_metric(model: GPT2, tokens: Any, metric: Any) -> Float[np.ndarray, " batch"]:
     """The metric without ablation, per example: numpy `[batch]`.
 
     Example:
         >>> baseline = clean_metric(model, tokens, metrics.logit_diff(io, s))
     """
+    check_metric(metric)
     tokens = validate_call(model, tokens, None, None)
     positions, data = metric.prepare(tokens, model.cfg)
     columns, data = vocab_columns(metric, data)

@@ -100,17 +100,32 @@ class Cache(eqx.Module):
     pattern: Float[Array, "batch layer head seq key"] | None = None
 
     def hook(self, name: str) -> Array:
-        """The value TransformerLens's hook `name` sees, e.g. "blocks.5.attn.hook_z"."""
+        """The value TransformerLens's hook `name` sees, e.g. "blocks.5.attn.hook_z":
+        [batch, seq, head, d_head] for hook_z, [batch, seq, d_model] for hook_resid_pre,
+        hook_resid_post (the stream leaving layer L) and hook_mlp_out, [batch, seq, neuron]
+        for mlp.hook_post, [batch, head, seq, key] for attn.hook_pattern.
+
+        Example:
+            >>> cache.hook("blocks.11.hook_resid_post").shape     # the final residual stream
+            (batch, seq, 768)
+        """
         parts = name.split(".")
         table = {"attn.hook_z": "z", "mlp.hook_post": "post", "hook_mlp_out": "mlp_out",
-                 "hook_resid_pre": "resid_pre", "attn.hook_pattern": "pattern"}
+                 "hook_resid_pre": "resid_pre", "hook_resid_post": "resid_pre",
+                 "attn.hook_pattern": "pattern"}
         field = table.get(".".join(parts[2:])) if len(parts) > 2 else None
         if parts[0] != "blocks" or field is None or not parts[1].isdigit():
             raise InputError(f"unknown hook name {name!r}; known: blocks.L.{{{', '.join(table)}}}")
         value = getattr(self, field)
         if value is None:
             raise InputError(f"{field!r} was not collected; pass names=(..., {field!r})")
-        return value[:, int(parts[1])]
+        # resid_pre holds n_layers + 1 streams (the last is the final one); the rest n_layers.
+        n_layers = value.shape[1] - 1 if field == "resid_pre" else value.shape[1]
+        layer = int(parts[1])
+        if layer >= n_layers:  # a JAX index would clamp to the last layer, silently
+            raise InputError(f"hook {name!r}: layer {layer} is out of range for a model with "
+                             f"{n_layers} layers (0 to {n_layers - 1})")
+        return value[:, layer + 1 if name.endswith("hook_resid_post") else layer]
 
 
 def run_with_cache(

@@ -59,6 +59,16 @@ class MaskSet:
         self.names = list(names)
         if not self.names:
             raise InputError("masks: the mask set is empty; give at least one mask")
+        for kind, (mask_id, index, _) in entries.items():
+            # A component listed twice in one mask would keep only one of its keep-weights.
+            keys = np.column_stack([mask_id, index])
+            unique, counts = np.unique(keys, axis=0, return_counts=True)
+            if len(unique) < len(keys):
+                row = unique[np.argmax(counts > 1)]
+                name = Component(kind, tuple(int(v) for v in row[1:])).name
+                raise InputError(f"masks: mask {int(row[0])} ({self.names[int(row[0])]!r}) "
+                                 f"lists component {name!r} twice; list each component of "
+                                 "a mask once")
 
     def __len__(self) -> int:
         return len(self.names)

@@ -20,7 +20,7 @@ import numpy as np
 from jaxtyping import Array, Float
 
 from jaxablate.config import GPT2Config
-from jaxablate.errors import InputError
+from jaxablate.errors import InputError, InputTypeError
 from jaxablate.validation import check_positions
 
 # score(logits [k, n], tokens [seq], clean_logits [k, n], data) -> scalar, where n is the
@@ -53,6 +53,14 @@ class Metric:
     # Keys of `data` holding the only vocabulary ids `score` reads (empty: the whole
     # vocabulary). The sweep then unembeds those columns only (see `vocab_columns`).
     columns: tuple[str, ...] = ()
+    # Whether gradients of score with respect to the logits carry information: an accuracy
+    # is piecewise constant (its gradient is 0 wherever it exists), so gradient screening
+    # (`jaxablate.attribute`) refuses it.
+    differentiable = True
+    # Whether the clean model is a stationary point of the metric as a function of the mask
+    # (KL to the clean distribution is minimal, 0, there): its gradient at m = 1 is 0, so
+    # attribute(method="grad") would return zeros that look like results.
+    stationary_at_clean = False
 
     def prepare(self, tokens: np.ndarray, cfg: GPT2Config
                 ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
@@ -63,6 +71,25 @@ class Metric:
 
     def __repr__(self) -> str:
         return f"{self.name}()"
+
+
+def check_metric(metric: Any, what: str = "metric") -> "Metric":
+    """`metric` if it is a prepared `Metric`, else an `InputTypeError` that names the fix
+    (a metric factory passed without calling it, e.g. `metrics.loss` for `metrics.loss()`).
+
+    Example:
+        >>> check_metric(logit_diff(io, s))
+        logit_diff()
+    """
+    if isinstance(metric, Metric):
+        return metric
+    name = getattr(metric, "__name__", None)
+    if callable(metric) and name in FACTORIES:
+        raise InputTypeError(f"{what}: got the function jaxablate.metrics.{name} itself; call "
+                             f"it, e.g. metrics.{name}({FACTORIES[name]})")
+    raise InputTypeError(f"{what}: expected one of jaxablate.metrics (logit_diff, accuracy, "
+                         f"prob, loss, kl_to_clean) called with its arguments, got "
+                         f"{type(metric).__name__}")
 
 
 def vocab_columns(metric: Metric, data: dict[str, np.ndarray]
@@ -129,6 +156,7 @@ class LogitDiff(_AtPosition):
 
 class Accuracy(_AtPosition):
     name = "accuracy"
+    differentiable = False
 
     @property
     def columns(self):  # type: ignore[override]
@@ -209,6 +237,7 @@ class KLToClean(Metric):
 
     name = "kl_to_clean"
     reads_clean = True
+    stationary_at_clean = True
     higher_is_better = False
     score = staticmethod(_kl)
 
@@ -226,3 +255,8 @@ def kl_to_clean(positions: Any = -1) -> Metric:
     last; None for all), in nats. 0 for the clean model."""
     return KLToClean(positions)
 
+
+
+# The factories and the arguments a call needs (for the message of `check_metric`).
+FACTORIES = {"logit_diff": "correct, wrong", "accuracy": "correct", "prob": "correct",
+             "loss": "", "kl_to_clean": ""}

@@ -12,7 +12,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxablate.errors import InputError
+from jaxablate.errors import InputError, InputTypeError
 from jaxablate.forward import run_with_cache
 from jaxablate.model import GPT2
 from jaxablate.replacement import Replacement
@@ -82,9 +82,36 @@ def mean_replacement(model: GPT2, reference_tokens: Any, per_position: bool = Tr
     return Replacement(**means, kind="mean")
 
 
-def resample_replacement(model: GPT2, tokens: Any, key: jax.Array, *,
+def _check_key(key: Any) -> jax.Array:
+    """One PRNG key: a typed key (`jax.random.key(0)`), a legacy uint32 [2] key
+    (`jax.random.PRNGKey(0)`), or an int seed (read as `jax.random.key(seed)`)."""
+    if isinstance(key, (int, np.integer)) and not isinstance(key, (bool, np.bool_)):
+        return jax.random.key(int(key))
+    if isinstance(key, jax.Array) and jax.dtypes.issubdtype(key.dtype, jax.dtypes.prng_key):
+        if key.shape != ():
+            raise InputError(f"key: expected one PRNG key, got an array of keys of shape "
+                             f"{list(key.shape)}; make one replacement per key: "
+                             "[resample_replacement(model, tokens, k) for k in keys]")
+        return key
+    array = np.asarray(key) if isinstance(key, (jax.Array, np.ndarray)) else None
+    if array is not None and array.dtype == np.uint32 and array.shape == (2,):
+        return jnp.asarray(array)  # a legacy jax.random.PRNGKey
+    if array is not None and array.dtype == np.uint32 and array.ndim == 2 and \
+            array.shape[1] == 2:
+        raise InputError(f"key: expected one PRNG key, got {array.shape[0]} legacy keys "
+                         f"{list(array.shape)}; make one replacement per key: "
+                         "[resample_replacement(model, tokens, k) for k in keys]")
+    raise InputTypeError(f"key: expected a PRNG key (jax.random.key(seed)) or an int seed, "
+                         f"got {type(key).__name__}"
+                         + (f" of shape {list(array.shape)}" if array is not None else ""))
+
+
+def resample_replacement(model: GPT2, tokens: Any, key: Any, *,
                          n_examples: int | None = None) -> Replacement:
     """Per-example values taken from other prompts, chosen by `key` (reproducible).
+
+    key: one PRNG key (`jax.random.key(0)`, or a legacy `jax.random.PRNGKey(0)`) or an int
+    seed.
 
     With `n_examples=None` the evaluated prompts are `tokens` themselves and example b takes
     its values from a uniformly drawn *other* example (never itself). With `n_examples=B`,
@@ -96,6 +123,7 @@ def resample_replacement(model: GPT2, tokens: Any, key: jax.Array, *,
         >>> r = resample_replacement(model, tokens, jax.random.key(0))
         >>> r.per_example, r.z.shape              # [batch, layer, seq, head, d_head]
     """
+    key = _check_key(key)
     tokens = check_tokens(tokens, model.cfg)
     n_source = len(tokens)
     if n_examples is None:

@@ -66,7 +66,6 @@ from jaxablate import masks as masks_lib
 from jaxablate.engine import NonFiniteMetricError, check_sweep, planned_chunk_size, sweep
 from jaxablate.errors import InputError
 from jaxablate.masks import MaskSet
-from jaxablate.metrics import Metric
 from jaxablate.model import GPT2
 from jaxablate.replacement import Replacement
 from jaxablate.sharding import placement
@@ -202,13 +201,13 @@ class ResultsStore:
         tokens: Any,
         masks: Any,
         replacement: Replacement | None,
-        metric: Metric,
+        metric: Any,
         chunk_size: Any = None,
         *,
         key: str = "sweep",
         seed: int | None = None,
         ablation: str | None = None,
-        progress: Callable[[int, int], None] | None = None,
+        progress: Any = None,
         reuse_prefix: bool = True,
         memory_budget: int | None = None,
         masks_per_file: int | None = None,
@@ -232,7 +231,8 @@ class ResultsStore:
         if not isinstance(key, str) or not _KEY.fullmatch(key):
             raise InputError(f"key: expected letters, digits, '.', '_' or '-', got {key!r}")
         tokens, mask_set, _, _, chunk_size = check_sweep(model, tokens, masks, replacement,
-                                                         metric, chunk_size, memory_budget)
+                                                         metric, chunk_size, memory_budget,
+                                                         progress)
         batch = tokens.shape[0]
         if masks_per_file is not None and (isinstance(masks_per_file, bool) or not
                                            isinstance(masks_per_file, numbers.Integral)

@@ -3,10 +3,12 @@ SHA-256 over arrays' dtype, shape and bytes, strings and numbers, and nested lis
 them, so that a stored sweep is resumed only with the inputs that made it.
 
     digest(*parts) -> hex str                      any numbers, strings, arrays, lists, dicts
-    model_digest(model)                            the config and every weight (SAE included)
+    model_digest(model)                            structure with static fields (the config, the
+                                                   SAE's layer) and every weight array
     masks_digest(mask_set)                         config, seq_len, SAE size, kinds, names, entries
     replacement_digest(replacement)                kind, per_example, every array (None allowed)
-    metric_digest(metric, tokens, cfg)             kind, name, what it prepared for `tokens`
+    metric_digest(metric, tokens, cfg)             class, attributes, the code of its score
+                                                   function, what it prepared for `tokens`
     _versions()                                    jaxablate, jax, jaxlib, numpy, equinox versions
 
 Example:
@@ -16,6 +18,9 @@ Example:
 from __future__ import annotations
 
 import hashlib
+import inspect
+import re
+import types
 from typing import Any
 
 import equinox as eqx
@@ -66,8 +71,9 @@ def _arrays(tree: Any) -> dict[str, Any]:
 
 
 def model_digest(model: GPT2) -> str:
-    """Digest of a model's config and every weight array (its SAE included)."""
-    return digest(repr(model.cfg), _arrays(model))
+    """Digest of a model's structure, static fields included (the config; an SAE's hook
+    layer, so the same SAE attached at another layer differs), and every weight array."""
+    return digest(str(jax.tree_util.tree_structure(model)), _arrays(model))
 
 
 def masks_digest(mask_set: MaskSet) -> str:
@@ -83,10 +89,65 @@ def replacement_digest(replacement: Replacement | None) -> str:
     return digest(replacement.kind, replacement.per_example, _arrays(replacement))
 
 
+_ADDRESS = re.compile(r" at 0x[0-9a-fA-F]+")
+
+
+def _plain(x: Any) -> Any:
+    """What `_feed` takes: numbers, strings, arrays, lists and dicts as they are, anything
+    else by its repr."""
+    if x is None or isinstance(x, (bool, int, float, str, np.ndarray, jax.Array)):
+        return x
+    if isinstance(x, (list, tuple)):
+        return [_plain(v) for v in x]
+    if isinstance(x, dict):
+        return {str(k): _plain(v) for k, v in x.items()}
+    if isinstance(x, np.generic):
+        return x.item()
+    if callable(x) and hasattr(x, "__code__"):
+        return function_digest(x)
+    return _ADDRESS.sub("", repr(x))  # "<object at 0x7f...>" differs from run to run
+
+
+def _code(code: types.CodeType) -> list[Any]:
+    consts = [_code(c) if isinstance(c, types.CodeType) else _plain(c) for c in code.co_consts]
+    return [code.co_code.hex(), consts, list(code.co_names), list(code.co_varnames)]
+
+
+def function_digest(fn: Any, _seen: set[int] | None = None) -> list[Any]:
+    """What a function computes, as data: its module, name, bytecode, constants, defaults,
+    closure values, and the same for the functions of its own module it calls by name (a
+    helper edited in place changes the digest too)."""
+    # The function itself, not a decorator's wrapper (e.g. the runtime type checker the
+    # test suite installs): the same metric must give the same digest in every process.
+    fn = inspect.unwrap(getattr(fn, "__func__", fn))
+    code = getattr(fn, "__code__", None)
+    if code is None:
+        return [repr(fn)]
+    seen = set() if _seen is None else _seen
+    seen.add(id(fn))
+    cells = [_plain(c.cell_contents) for c in (fn.__closure__ or ())
+             if not callable(c.cell_contents)]
+    out = [fn.__module__, fn.__qualname__, _code(code), _plain(fn.__defaults__), cells]
+    module_globals = getattr(fn, "__globals__", {})
+    for name in code.co_names:
+        helper = module_globals.get(name)
+        if isinstance(helper, types.FunctionType) and helper.__module__ == fn.__module__ \
+                and id(helper) not in seen:
+            out.append([name, function_digest(helper, seen)])
+    return out
+
+
 def metric_digest(metric: Metric, tokens: np.ndarray, cfg: Any) -> str:
-    """Digest of a metric's kind and what it prepared for `tokens` (positions, ids)."""
+    """Digest of a metric: its class, its attributes, the code of its score function (so a
+    custom `Metric` subclass that computes something else differs, whatever its name), and
+    what it prepared for `tokens` (positions, ids)."""
     positions, data = metric.prepare(tokens, cfg)
-    return digest(type(metric).__qualname__, metric.name, positions, dict(data))
+    kind = type(metric)
+    flags = {name: _plain(getattr(metric, name)) for name in
+             ("name", "reads_clean", "higher_is_better", "columns", "differentiable",
+              "stationary_at_clean")}
+    return digest(f"{kind.__module__}.{kind.__qualname__}", flags, _plain(vars(metric)),
+                  function_digest(metric.score), positions, dict(data))
 
 
 def _versions() -> dict[str, str]:

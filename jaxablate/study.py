@@ -69,7 +69,7 @@ from jaxablate.components import parse_component
 from jaxablate.engine import check_chunk_size, clean_metric, planned_chunk_size, sweep
 from jaxablate.errors import InputError, InputTypeError
 from jaxablate.masks import MaskSet
-from jaxablate.metrics import Metric
+from jaxablate.metrics import check_metric
 from jaxablate.model import GPT2
 from jaxablate.replacement import Replacement
 from jaxablate.replacements import mean_replacement, resample_replacement, zero_replacement
@@ -147,11 +147,11 @@ class Study:
     """
 
     def __init__(self, model: GPT2, task: Task | None = None, *, tokens: Any = None,
-                 metric: Metric | None = None, reference: Any = None, ablation: str = "mean",
+                 metric: Any = None, reference: Any = None, ablation: str = "mean",
                  components: str | Sequence[str] = ("heads",),
                  neuron_layers: Sequence[int] | None = None, threshold: float | int | None = None,
                  seed: int = 0, n_bootstrap: int = 1000, resample_draws: int = 5,
-                 progress: Callable[[str, int, int], None] | None = None,
+                 progress: Any = None,
                  model_name: str | None = None, store: Any = None, overwrite: bool = False,
                  chunk_size: int | None = None, devices: Any = None, mesh: Any = None):
         if not isinstance(model, GPT2):
@@ -165,9 +165,10 @@ class Study:
             raise InputError("metric is required with tokens, e.g. "
                              "metric=jaxablate.metrics.logit_diff(correct, wrong)")
         metric = task.metric if metric is None else metric
-        if not isinstance(metric, Metric):
-            raise InputTypeError(f"metric: expected one of jaxablate.metrics, got "
-                            f"{type(metric).__name__}")
+        check_metric(metric)
+        if progress is not None and not callable(progress):
+            raise InputTypeError(f"progress: expected None or a function progress(step, done, "
+                                 f"total), got {type(progress).__name__} {progress!r}")
         if ablation not in ABLATIONS:
             raise InputError(f"ablation must be one of {ABLATIONS}, got {ablation!r}")
         kinds = _check_kinds(components)

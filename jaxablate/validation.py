@@ -118,10 +118,13 @@ def check_mask(
             leading = array.shape[0]
         if not np.issubdtype(array.dtype, np.floating):
             raise InputError(f"mask.{kind}: keep-weights must be floats, got {array.dtype}")
-        if not np.isfinite(array).all() or array.min(initial=0.0) < 0 or \
-                array.max(initial=1.0) > 1:
+        if not np.isfinite(array).all():
+            where = tuple(int(i) for i in np.argwhere(~np.isfinite(array))[0])
+            raise InputError(f"mask.{kind}: keep-weights must lie in [0, 1], got "
+                             f"{array[where]} at index {list(where)}")
+        if array.min(initial=0.0) < 0 or array.max(initial=1.0) > 1:
             raise InputError(f"mask.{kind}: keep-weights must lie in [0, 1], got values from "
-                             f"{np.nanmin(array)} to {np.nanmax(array)}")
+                             f"{array.min()} to {array.max()}")
     if stacked and leading == 0:
         raise InputError("masks: the mask set is empty (leading axis 0)")
 
@@ -177,3 +180,11 @@ def check_replacement(
         if not np.isfinite(np.asarray(value)).all():
             raise InputError(f"replacement.{field} contains NaN or inf; build it from finite "
                              "values (zero_replacement, mean_replacement, resample_replacement)")
+
+
+def check_progress(progress: Any) -> None:
+    """A progress callback is None or a callable `(done, total)`; anything else is refused
+    before a sweep compiles (`progress=True` would fail only after the first chunk)."""
+    if progress is not None and not callable(progress):
+        raise InputTypeError(f"progress: expected None or a function progress(done, total), "
+                             f"got {type(progress).__name__} {progress!r}")

@@ -4,6 +4,8 @@ components, where IG must equal the exact ablation effect)."""
 
 from __future__ import annotations
 
+import contextlib
+
 import equinox as eqx
 import jax
 import jax.numpy as jnp
@@ -12,6 +14,7 @@ import pytest
 
 import jaxablate
 from jaxablate import metrics
+from jaxablate import attribution as attribution_lib
 from jaxablate.attribution import Attribution, attribute
 
 BATCH, SEQ = 3, 7
@@ -151,12 +154,49 @@ def test_chunking_and_per_example_replacement(setup):
     np.testing.assert_allclose(chunked.clean, whole.clean, atol=1e-5)
 
 
-def test_kl_metric_has_zero_first_order_estimate(setup):
+def _kl_last(model, tok, replacement, mask):
+    """KL(clean || ablated) at the last position of one prompt, by hand from `model.run`."""
+    logq = jax.nn.log_softmax(model.run(tok, positions=jnp.array([SEQ - 1]))[0][0])
+    logp = jax.nn.log_softmax(model.run(tok, mask, replacement,
+                                        positions=jnp.array([SEQ - 1]))[0][0])
+    return (jnp.exp(logq) * (logq - logp)).sum()
+
+
+def test_grad_refuses_kl_to_clean_whose_gradient_vanishes_at_clean(setup):
+    # KL(clean || ablated) is minimal (0) at the clean point, so its gradient there is 0 for
+    # every component: "grad" would return zeros that look like results, so it is refused.
     model, tokens, replacement, *_ = setup
-    att = attribute(model, tokens, replacement, metrics.kl_to_clean(), "grad", kinds=("mlps",))
-    # KL(clean || ablated) is minimal (0) at the clean point: its gradient vanishes.
-    np.testing.assert_allclose(att.estimate.mlps, 0.0, atol=1e-5)
-    np.testing.assert_allclose(att.clean, 0.0, atol=1e-5)
+    with pytest.raises(ValueError, match="minimal at the clean model.*method='ig'"):
+        attribute(model, tokens, replacement, metrics.kl_to_clean(), "grad", kinds=("mlps",))
+    # The reason, checked independently: jax.grad of the KL at the keep-all mask is 0.
+    ones = jaxablate.Mask.keep_all(model.cfg, ("mlps",))
+    grad = jax.grad(lambda m: _kl_last(model, jnp.asarray(tokens[0]), replacement, m))(ones)
+    np.testing.assert_allclose(grad.mlps, 0.0, atol=1e-5)
+    # "ig" integrates along the path, where the KL is not flat: non-zero estimates.
+    att = attribute(model, tokens, replacement, metrics.kl_to_clean(), "ig", kinds=("mlps",),
+                    steps=4)
+    assert np.abs(np.asarray(att.metric_change.mlps)).max() > 1e-3
+
+
+def test_refuses_a_piecewise_constant_metric_and_an_empty_component_list(setup):
+    model, tokens, replacement, metric, correct, wrong = setup
+    with nothing_compiles():
+        for method in ("grad", "ig"):
+            with pytest.raises(ValueError, match="piecewise constant"):
+                attribute(model, tokens, replacement, metrics.accuracy(correct, wrong), method)
+        with pytest.raises(ValueError, match="empty list"):
+            attribute(model, tokens, replacement, metric, "ig", components=[])
+
+
+@contextlib.contextmanager
+def nothing_compiles():
+    """Reaching the compiled attribution fails the test: the input is checked first."""
+    def forbidden(*args, **kwargs):
+        raise AssertionError("the compiled attribution was reached")
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(attribution_lib, "_attribute_chunk", forbidden)
+        yield
 
 
 @pytest.mark.parametrize("kwargs, match", [
