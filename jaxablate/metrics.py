@@ -6,7 +6,11 @@ inside the compiled sweep by a pure function of the logits at those positions on
 unembedding runs at `k` positions instead of all `seq`; a metric that reads a few token ids
 (a logit difference) declares them, and only those vocabulary columns are unembedded.
 
-`sweep` returns the metric, not the effect: effect = metric(clean) - metric(ablated).
+Signs (docs/conventions.md is the one place they are defined): `sweep` returns the metric
+under each intervention; metric_change = metric(intervened) - metric(clean) (what
+`attribute` estimates); effect = how much the component helps, positive when removing it
+hurts: metric(clean) - metric(intervened) for a higher-is-better metric (logit difference,
+accuracy, probability), metric(intervened) - metric(clean) for loss and KL (`effect`).
 """
 
 from __future__ import annotations
@@ -260,3 +264,17 @@ def kl_to_clean(positions: Any = -1) -> Metric:
 # The factories and the arguments a call needs (for the message of `check_metric`).
 FACTORIES = {"logit_diff": "correct, wrong", "accuracy": "correct", "prob": "correct",
              "loss": "", "kl_to_clean": ""}
+
+
+def effect(metric: Metric, intervened: Any, clean: Any) -> np.ndarray:
+    """The effect of an intervention in the study's sign: positive when removing the component
+    hurts the task (docs/conventions.md). `intervened`: the metric under the intervention
+    (a sweep's `[N, batch]`), `clean`: without it (`[batch]`, broadcast over N).
+
+    Example:
+        >>> out = sweep(model, tokens, masks.single_heads(cfg), repl, metric)   # [N, batch]
+        >>> effect(metric, out, clean_metric(model, tokens, metric))           # [N, batch]
+    """
+    check_metric(metric)
+    change = np.asarray(intervened, np.float64) - np.asarray(clean, np.float64)
+    return -change if metric.higher_is_better else change

@@ -183,8 +183,8 @@ def plot_screening(result: Mapping[str, Any], path: str | os.PathLike,
     if section is None or not section.get("components"):
         return None
     names = [str(n) for n in section["components"]]
-    x = np.array([_float(v) for v in section.get("estimate") or ()])
-    y = np.array([_float(v) for v in (section.get("exact_all") or section.get("exact") or ())])
+    x = np.array([_float(v) for v in section.get("estimated_effect") or ()])
+    y = np.array([_float(v) for v in (section.get("exact_effect_all") or section.get("exact_effect") or ())])
     verified = np.array([bool(v) for v in section.get("verified") or [False] * len(names)])
     fails = np.array([bool(v) for v in section.get("fails") or [False] * len(names)])
     known = np.isfinite(x) & np.isfinite(y)

@@ -6,8 +6,10 @@ the screen can be trusted.
 
 Definitions (the report quotes them):
 
-estimate    the screen's estimate of each component's single-ablation effect, in the study's
-            sign convention (positive = the component helps), per example, then averaged;
+estimated_effect  the screen's estimate of each component's single-ablation effect, in
+            the study's sign (an effect: positive = the component helps; the negated
+            metric change `attribute` returns for a higher-is-better metric), per example,
+            then averaged;
             resample ablation: averaged over the study's draws too. "grad" is first order at
             the clean point (attribution patching: one forward + backward per prompt); "ig"
             integrates the gradient along the path that ablates every studied component
@@ -32,6 +34,7 @@ are where to look for interactions and backup paths (compare the study's interac
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
 from typing import TYPE_CHECKING, Any
@@ -40,7 +43,7 @@ import numpy as np
 
 from jaxablate.attribution import METHODS, attribute
 from jaxablate.errors import InputError
-from jaxablate.stats import effect_stats, spearman
+from jaxablate.stats import Effects, spearman
 
 if TYPE_CHECKING:
     from jaxablate.study import Study
@@ -73,8 +76,8 @@ def screen_and_verify(study: "Study", method: str = "ig", steps: int = 16,
     components verified exactly (default 20, or all when fewer); chunk_size: prompts per
     compiled attribution call (default all).
 
-    Returns a JSON-able dict: "components" [n] and per-component lists "estimate",
-    "estimate_sem", "screen_rank", "exact" (None where not verified), "verified",
+    Returns a JSON-able dict: "components" [n] and per-component lists "estimated_effect",
+    "estimated_effect_sem", "screen_rank", "exact_effect" (None where not verified), "verified",
     "fails"; "spearman_top_k", "spearman_all", "precision_at_k", "critical_found",
     "completeness" (IG), "seconds", "rule", "note".
 
@@ -87,10 +90,9 @@ def screen_and_verify(study: "Study", method: str = "ig", steps: int = 16,
     names = study.names
     n = len(names)
     k = default_top_k(n) if top_k is None else top_k
-    if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or not 1 <= k <= n:
-        raise InputError(f"screening top_k must be an int in [1, {n}] (the components "
-                         f"studied), got {top_k!r}")
-    k = int(k)
+    if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
+        raise InputError(f"screening top_k must be a positive int, got {top_k!r}")
+    k = min(int(k), n)  # "verify the top 20" of 4 components verifies all 4
     sign = 1.0 if study.metric.higher_is_better else -1.0
     # With neurons of some layers only, IG's path must ablate exactly the studied components.
     path = list(names) if method == "ig" and study.neuron_layers is not None else None
@@ -120,12 +122,12 @@ def screen_and_verify(study: "Study", method: str = "ig", steps: int = 16,
     have_all = ("single", study.ablation) in study._cache
     if have_all:  # the study's own single step: every exact effect, no extra sweep
         exact_all = study.effects()
-        exact_per_example = exact_all.per_example[top]
-    else:
+        exact = Effects(**{f.name: getattr(exact_all, f.name)[top]
+                           for f in dataclasses.fields(Effects)})
+    else:  # per draw: with resample, the CI includes the variance between draws
         ablated = study._sweep(study.single_masks.subset(top.tolist()), study.ablation, "verify")
-        exact_per_example = np.mean([study._effect(d) for d in ablated], axis=0)
+        exact = study._stats(study._effect(ablated))
     verify_seconds = time.perf_counter() - start
-    exact = effect_stats(exact_per_example, study._counts, study.threshold)
 
     exact_mean = np.full(n, np.nan)
     exact_mean[top] = exact.mean
@@ -137,19 +139,19 @@ def screen_and_verify(study: "Study", method: str = "ig", steps: int = 16,
 
     section: dict[str, Any] = {
         "method": method, "steps": steps if method == "ig" else None, "top_k": k,
-        "components": list(names), "estimate": mean, "estimate_sem": sem,
-        "screen_rank": screen_rank, "exact": exact_mean, "verified": verified,
+        "components": list(names), "estimated_effect": mean, "estimated_effect_sem": sem,
+        "screen_rank": screen_rank, "exact_effect": exact_mean, "verified": verified,
         "fails": fails, "failures": [names[i] for i in np.nonzero(fails)[0]],
         "records": [
             {"component": names[i], "screen_rank": int(screen_rank[i]),
-             "estimate": float(mean[i]), "exact": float(exact.mean[j]),
-             "exact_sem": float(exact.sem[j]), "exact_ci_low": float(exact.ci_low[j]),
-             "exact_ci_high": float(exact.ci_high[j]), "difference": float(difference[i]),
+             "estimated_effect": float(mean[i]), "exact_effect": float(exact.mean[j]),
+             "exact_effect_sem": float(exact.sem[j]), "exact_effect_ci_low": float(exact.ci_low[j]),
+             "exact_effect_ci_high": float(exact.ci_high[j]), "difference": float(difference[i]),
              "fails": bool(fails[i])}
             for j, i in sorted(enumerate(top), key=lambda t: screen_rank[t[1]])],
         "spearman_top_k": spearman(mean[top], exact.mean) if k > 1 else None,
         "spearman_all": None, "precision_at_k": None, "critical_found": None,
-        "exact_all": None, "completeness": None,
+        "exact_effect_all": None, "completeness": None,
         "rule": FAIL_RULE, "note": IG_NOTE if method == "ig" else GRAD_NOTE,
         "seconds": {"screening": screen_seconds,
                     "verification": None if have_all else verify_seconds},
@@ -157,7 +159,7 @@ def screen_and_verify(study: "Study", method: str = "ig", steps: int = 16,
     }
     if have_all:
         full = exact_all.mean
-        section["exact_all"] = full
+        section["exact_effect_all"] = full
         section["spearman_all"] = spearman(mean, full) if n > 1 else None
         exact_top = set(np.argsort(-np.abs(full), kind="stable")[:k].tolist())
         section["precision_at_k"] = len(exact_top & set(top.tolist())) / k

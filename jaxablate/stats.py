@@ -12,6 +12,8 @@ from typing import Any
 import numpy as np
 from jaxtyping import Bool, Float, Int
 
+from jaxablate.errors import InputError
+
 CI_LEVEL = 0.95
 CLIFF_RULE = ("cliff = the step with the largest drop in recovered = (m - m_all) / "
               "(baseline - m_all) between consecutive fractions (the first step starts at the "
@@ -28,7 +30,7 @@ class Effects:
     sem: Float[np.ndarray, " n"]
     ci_low: Float[np.ndarray, " n"]
     ci_high: Float[np.ndarray, " n"]
-    rank: Int[np.ndarray, " n"]  # 1 = largest effect
+    rank: Int[np.ndarray, " n"]  # importance: 1 = largest |effect|
     critical: Bool[np.ndarray, " n"]
     negative: Bool[np.ndarray, " n"]
     no_effect: Bool[np.ndarray, " n"]
@@ -45,31 +47,76 @@ def bootstrap_counts(batch: int, n_bootstrap: int, seed: int) -> Float[np.ndarra
     return rng.multinomial(batch, np.full(batch, 1.0 / batch), size=n_bootstrap).astype(float)
 
 
-def effect_stats(per_example: Float[np.ndarray, "n batch"], counts: Float[np.ndarray, "boot batch"],
-                 threshold: float) -> Effects:
+def effect_stats(per_example: Float[np.ndarray, "*draws n batch"],
+                 counts: Float[np.ndarray, "boot batch"], threshold: float,
+                 draw_counts: Float[np.ndarray, "boot draws"] | None = None) -> Effects:
     """Mean, s.e., 95% percentile bootstrap CI, rank and flags of per-example effects.
+
+    per_example: [n, batch], or [draws, n, batch] for several draws of a random replacement
+    (resample ablation). With draws, the uncertainty includes the variance between draws,
+    not only between examples: the bootstrap resamples the draws too (`draw_counts`, drawn
+    like `counts`: each replicate weighs draw d by how often it was drawn), and the
+    s.e. is sqrt(s_examples^2 / batch + s_draws^2 / draws), where s_examples is the spread of
+    the per-example effects averaged over draws and s_draws that of the per-draw effects
+    averaged over examples. `Effects.per_example` is then the mean over draws.
 
     Example:
         >>> e = effect_stats(np.array([[1.0, 1.2, 0.9]]), bootstrap_counts(3, 1000, 0), 0.5)
         >>> bool(e.critical[0]), bool(e.no_effect[0])
         (True, False)
     """
-    per_example = np.asarray(per_example, np.float64)
-    n, batch = per_example.shape
+    values = np.asarray(per_example, np.float64)
+    if values.ndim == 2:
+        values = values[None]
+    draws, n, batch = values.shape
+    if draws > 1 and (draw_counts is None or np.shape(draw_counts) != (len(counts), draws)):
+        raise InputError(f"effect_stats: {draws} draws need draw_counts [boot, draws] = "
+                         f"[{len(counts)}, {draws}] (bootstrap_counts(draws, boot, seed))")
+    per_example = values.mean(axis=0)
     mean = per_example.mean(axis=1)
-    sem = per_example.std(axis=1, ddof=1) / math.sqrt(batch)
+    sem2 = per_example.var(axis=1, ddof=1) / batch
+    if draws > 1:
+        sem2 = sem2 + values.mean(axis=2).var(axis=0, ddof=1) / draws
+    sem = np.sqrt(sem2)
     tail = 100 * (1 - CI_LEVEL) / 2
     low, high = np.empty(n), np.empty(n)
+    weights = np.ones((len(counts), 1)) if draws == 1 else np.asarray(draw_counts, np.float64)
     for begin in range(0, n, BOOT_ROWS):
-        boot = per_example[begin:begin + BOOT_ROWS] @ counts.T / batch  # [rows, boot]
+        rows = values[:, begin:begin + BOOT_ROWS]  # [draws, rows, batch]
+        by_draw = rows @ counts.T / batch  # [draws, rows, boot]
+        boot = np.einsum("drk,kd->rk", by_draw, weights) / draws  # [rows, boot]
         low[begin:begin + BOOT_ROWS], high[begin:begin + BOOT_ROWS] = np.percentile(
             boot, [tail, 100 - tail], axis=1)
-    rank = np.empty(n, np.int64)
-    rank[np.argsort(-mean, kind="stable")] = np.arange(1, n + 1)
+    rank = np.empty(n, np.int64)  # importance: by |effect|, largest first
+    rank[np.argsort(-np.abs(mean), kind="stable")] = np.arange(1, n + 1)
     no_effect = (low <= 0.0) & (high >= 0.0)
     return Effects(per_example, mean, sem, low, high, rank,
                    critical=(mean > threshold) & (low > 0.0), negative=high < 0.0,
                    no_effect=no_effect)
+
+
+# float32 rounding between two compiled programs computing the same metric, relative to
+# max(1, |metric|): the sweep's measured determinism bound is 2.2e-6 (jaxablate.store), so a
+# difference below this is noise, not a result.
+METRIC_ROUNDING = 1e-5
+
+
+def recovered_tolerance(recovered: Sequence[float], baseline: float, floor: float) -> float:
+    """How far apart two recovered fractions r = (m - m_all) / (baseline - m_all) can be from
+    float32 rounding alone. dr = (dm - r dbaseline - (1 - r) dm_all) / gap, so each moves by
+    at most eps (1 + |r| + |1 - r|) / |baseline - m_all| (first order), with
+    eps = METRIC_ROUNDING x max(1, |baseline|, |m_all|, |m|) on every metric value.
+
+    Example:
+        >>> recovered_tolerance((0.9, 0.85), baseline=3.5, floor=0.2)     # ~1.8e-5
+    """
+    gap = abs(baseline - floor)
+    if not gap > 0:
+        return math.inf
+    scale = max([1.0, abs(baseline), abs(floor)] +
+                [abs(floor + r * (baseline - floor)) for r in recovered])
+    eps = METRIC_ROUNDING * scale
+    return sum(eps * (1 + abs(r) + abs(1 - r)) / gap for r in recovered)
 
 
 def rankdata(x: Float[np.ndarray, " n"]) -> Float[np.ndarray, " n"]:

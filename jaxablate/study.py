@@ -5,13 +5,18 @@
     print(result.table(10))                             # interactions, ablation comparison
     json.dump(result.to_dict(), f, allow_nan=False)
 
-Conventions (one place for them):
+Definitions (signs: docs/conventions.md, the one place they are defined):
 
 effect      signed so that positive = the component helps the task: baseline - ablated when
             `metric.higher_is_better` (logit difference, accuracy, probability), else
-            ablated - baseline (loss, KL). Per example, then its mean, standard error
-            (std ddof=1 / sqrt(batch)) and a 95% percentile bootstrap CI over examples
-            (`n_bootstrap` resamples drawn once from `seed`, the same for every component).
+            ablated - baseline (loss, KL) (`metrics.effect`). Per example, then its mean,
+            standard error (std ddof=1 / sqrt(batch)) and a 95% percentile bootstrap CI over
+            examples (`n_bootstrap` resamples drawn once from `seed`, the same for every
+            component). Resample ablation: the mean over `resample_draws` draws, and the s.e.
+            and CI include the variance between draws (the bootstrap resamples draws too;
+            `stats.effect_stats`).
+rank        importance: 1 = the largest |effect| (a component whose removal helps the task a
+            lot ranks high too); the tables keep the signed effect.
 threshold   `threshold=` if given, else 10% of |baseline mean| (logit difference: 10% of the
             clean logit difference; loss: 10% of the clean loss). Where the baseline is 0
             (kl_to_clean), 10% of |metric(all studied components ablated) - baseline|.
@@ -22,20 +27,23 @@ recovered   (m - m_all) / (baseline - m_all), m_all = the metric with every stud
             ablated together: 1 = clean performance, 0 = nothing left (above 1 or below 0 when
             the components left intact push the metric past either end). Sign-free, so the
             same for loss-type and logit-type metrics. NaN (null in JSON) when m_all = baseline.
-cumulative  components ordered by effect, lowest first; fraction f ablates the round(f * N)
-            lowest together. Cliff: the step (from the previous point, the first from the
+cumulative  components ordered by |effect|, least important first; fraction f ablates the
+            round(f * N) least important together. Cliff: the step (from the previous point, the first from the
             clean model) with the largest drop in `recovered`; `below_half` is the first
             fraction where recovered < 0.5.
 circuit     greedy restoration from everything ablated: each step evaluates every candidate
             (the circuit so far plus one component kept, all else ablated) in ONE sweep and
             keeps the one of highest recovered, until recovered >= target. faithfulness =
             recovered of the circuit alone. Minimality: a member "hurts" when the circuit
-            without it recovers strictly less; minimal = every member hurts. Cost: up to
+            without it recovers less by more than float32 rounding (`stats.recovered_tolerance`:
+            the sweep's determinism bound carried through the recovered fraction); minimal =
+            every member hurts. Cost: up to
             N (N + 1) / 2 masks (10,440 for GPT-2 small's heads); `max_size` caps the steps.
 interactions  interaction = joint effect - effect(a) - effect(b) over the top-k components
-            (default: every head when only heads are studied and there are <= 200, else the
-            top 20 by effect), listed in study order. Backup candidate: neither single ablation is measurable (both
-            CIs contain 0) but the joint effect is (its CI lies above 0).
+            by |effect| (default: every head when only heads are studied and there are <= 200,
+            else the 20 most important), listed in study order. Backup candidate: neither
+            single ablation is measurable (both CIs contain 0) but the joint effect is (its
+            CI lies above 0).
 screening   gradient screening of every component (`jaxablate.attribute`, "ig" by default),
             then the top-k verified by exact ablation: Spearman, precision at k, failures
             (definitions in `jaxablate.screening`).
@@ -69,7 +77,7 @@ from jaxablate.components import parse_component
 from jaxablate.engine import check_chunk_size, clean_metric, planned_chunk_size, sweep
 from jaxablate.errors import InputError, InputTypeError
 from jaxablate.masks import MaskSet
-from jaxablate.metrics import check_metric
+from jaxablate.metrics import check_metric, effect
 from jaxablate.model import GPT2
 from jaxablate.replacement import Replacement
 from jaxablate.replacements import mean_replacement, resample_replacement, zero_replacement
@@ -82,6 +90,7 @@ from jaxablate.stats import (
     effect_stats,
     find_cliff,
     interaction_table,
+    recovered_tolerance,
     spearman,
 )
 from jaxablate.store import ResultsStore, masks_digest
@@ -203,7 +212,6 @@ class Study:
         self.resample_draws = _check_int(resample_draws, "resample_draws", 1)
         self.progress, self.model_name = progress, model_name
         self._threshold = None if threshold is None else float(threshold)
-        self._sign = 1.0 if metric.higher_is_better else -1.0
         cfg = model.cfg
         parts = {"heads": lambda: masks_lib.single_heads(cfg),
                  "mlps": lambda: masks_lib.single_mlps(cfg),
@@ -212,6 +220,7 @@ class Study:
         self.names: list[str] = list(self.single_masks.names)
         self._parsed = {name: parse_component(name) for name in self.names}
         self._counts = bootstrap_counts(batch, self.n_bootstrap, self.seed)
+        self._draw_counts: np.ndarray | None = None  # resample draws' bootstrap weights
         self._cache: dict[Any, Any] = {}
         self._chunk: int | None = chunk_size
         self.devices, self.mesh = devices, mesh
@@ -284,9 +293,19 @@ class Study:
                    for d, r in enumerate(self._replacements(ablation))]
         return np.stack(out).astype(np.float64)[:, :n]
 
-    def _effect(self, ablated: Float[np.ndarray, "n batch"]) -> Float[np.ndarray, "n batch"]:
+    def _effect(self, ablated: Float[np.ndarray, "*draws n batch"]
+                ) -> Float[np.ndarray, "*draws n batch"]:
         """Signed effect per example: positive = the ablated components helped."""
-        return self._sign * (self._baseline_values()[None, :] - ablated)
+        return effect(self.metric, ablated, self._baseline_values())
+
+    def _stats(self, effects: Float[np.ndarray, "draws n batch"]) -> Effects:
+        """Effect statistics of per-draw, per-example effects; with several draws (resample)
+        the CI and s.e. include the variance between draws (`stats.effect_stats`)."""
+        draws = len(effects)
+        if draws > 1 and self._draw_counts is None:
+            self._draw_counts = bootstrap_counts(draws, self.n_bootstrap, self.seed + 1)
+        return effect_stats(effects, self._counts, self.threshold,
+                            self._draw_counts if draws > 1 else None)
 
     def _recovered(self, values: Float[np.ndarray, " n"]) -> Float[np.ndarray, " n"]:
         """(m - m_all) / (baseline - m_all): 1 = clean, 0 = all ablated; NaN if they agree."""
@@ -329,10 +348,8 @@ class Study:
     def _single(self, ablation: str) -> tuple[Effects, Float[np.ndarray, "draws n"]]:
         """Effects (mean over draws per example) and the mean effect of each draw."""
         def compute() -> tuple[Effects, np.ndarray]:
-            draws = self._sweep(self.single_masks, ablation, "single")
-            per_draw = np.stack([self._effect(d) for d in draws])
-            return (effect_stats(per_draw.mean(0), self._counts, self.threshold),
-                    per_draw.mean(2))
+            per_draw = self._effect(self._sweep(self.single_masks, ablation, "single"))
+            return self._stats(per_draw), per_draw.mean(2)
         return self._cached(("single", ablation), compute)
 
     # -- the protocol -------------------------------------------------------------------------
@@ -359,10 +376,11 @@ class Study:
         return _json(records)
 
     def cumulative(self, fractions: Sequence[float] = DEFAULT_FRACTIONS) -> dict[str, Any]:
-        """Ablate the round(f * N) lowest-effect components together, for each fraction f."""
+        """Ablate the round(f * N) least important components (smallest |effect|) together,
+        for each fraction f."""
         fractions = _check_fractions(fractions)
         e = self.effects()
-        order = [self.names[i] for i in np.argsort(e.mean, kind="stable")]
+        order = [self.names[i] for i in np.argsort(np.abs(e.mean), kind="stable")]
         n_ablated = np.array([math.floor(f * len(order) + 0.5) for f in fractions], np.int64)
         values = self._sweep([order[:k] for k in n_ablated], self.ablation,
                              "cumulative").mean(0)
@@ -399,8 +417,11 @@ class Study:
             sets = [[n for n in self.names if n not in members or n == m] for m in members]
             without = self._recovered(self._sweep(sets, self.ablation, "minimality", False)
                                       .mean(0).mean(1))
+            base = float(self._baseline_values().mean())
             minimality = [{"component": m, "recovered_without": float(w),
-                           "hurts": bool(w < recovered), "below_target": bool(w < target)}
+                           "hurts": bool(w < recovered - recovered_tolerance(
+                               (recovered, w), base, floor)),
+                           "below_target": bool(w < target)}
                           for m, w in zip(members, without)]
         return _json({"target": target, "members": members, "size": len(members),
                       "share": len(members) / len(self.names), "faithfulness": recovered,
@@ -409,7 +430,9 @@ class Study:
                       "minimal": all(m["hurts"] for m in minimality)})
 
     def default_top_k(self) -> int:
-        """Every head when only heads are studied and there are <= 200, else 20 (at most N)."""
+        """Components whose pairs `interactions` tests when top_k is not given: every head when
+        only heads are studied and there are <= 200, else the 20 of largest |effect| (at most
+        N)."""
         n = len(self.names)
         return n if self.kinds == ("heads",) and n <= 200 else min(20, n)
 
@@ -421,14 +444,15 @@ class Study:
         return k
 
     def interactions(self, top_k: int | None = None) -> dict[str, Any]:
-        """Joint ablation of every pair of the top-k components (by effect), study order."""
+        """Joint ablation of every pair of the top-k components by importance, |effect| (a
+        strongly negative component, e.g. a negative name mover, is tested too), listed in
+        study order; the table stays signed."""
         k = self._top_k(top_k)
         e = self.effects()
-        chosen = np.sort(np.argsort(e.rank, kind="stable")[:k])
+        chosen = np.sort(np.argsort(-np.abs(e.mean), kind="stable")[:k])
         names = [self.names[i] for i in chosen]
         pairs = [[a, b] for a, b in itertools.combinations(names, 2)]
-        ablated = self._sweep(pairs, self.ablation, "interactions").mean(0)
-        joint = effect_stats(self._effect(ablated), self._counts, self.threshold)
+        joint = self._stats(self._effect(self._sweep(pairs, self.ablation, "interactions")))
         matrix, records = interaction_table(names, e.mean[chosen], e.no_effect[chosen], joint)
         return _json({"components": names, "matrix": matrix, "pairs": records})
 

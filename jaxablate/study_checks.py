@@ -57,8 +57,8 @@ def _check_screening(method: Any, steps: Any, top_k: Any, n: int) -> None:
     if method not in ("grad", "ig"):
         raise InputError(f"screen_method must be 'grad' or 'ig', got {method!r}")
     _check_int(steps, "screen_steps", 1)
-    if top_k is not None and _check_int(top_k, "screen_top_k", 1) > n:
-        raise InputError(f"screen_top_k must be <= the {n} components studied, got {top_k}")
+    if top_k is not None:  # more than n verifies all n (as the command line does)
+        _check_int(top_k, "screen_top_k", 1)
 
 
 def _check_kinds(components: Any) -> tuple[str, ...]:
@@ -69,4 +69,10 @@ def _check_kinds(components: Any) -> tuple[str, ...]:
     if bad or not kinds or len(set(kinds)) != len(kinds):
         raise InputError(f"components must be distinct kinds among {tuple(KINDS)}, "
                          f"got {components!r}")
+    if "mlps" in kinds and "neurons" in kinds:
+        # An MLP's output is made of its neurons: "mlp0" and "n0.5" overlap, so a circuit or a
+        # cumulative curve could count the same computation twice.
+        raise InputError("components: 'mlps' and 'neurons' overlap (an MLP's output is its "
+                         "neurons' sum); study them in two studies, e.g. heads,mlps and "
+                         "heads,neurons")
     return kinds

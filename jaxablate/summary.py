@@ -301,10 +301,10 @@ def _screening(result: Mapping[str, Any], figures: Mapping[str, str]) -> list[st
     records = section.get("records") or []
     if records:
         lines += ["", "Verified components (screen order):", ""]
-        lines += _table(["screen rank", "component", "estimate", "exact effect ± s.e.m.",
+        lines += _table(["screen rank", "component", "estimated effect", "exact effect ± s.e.m.",
                          "difference", "fails"],
-                        [(r.get("screen_rank"), f"`{r.get('component')}`", r.get("estimate"),
-                          f"{_num(r.get('exact'))} ± {_num(r.get('exact_sem'))}",
+                        [(r.get("screen_rank"), f"`{r.get('component')}`", r.get("estimated_effect"),
+                          f"{_num(r.get('exact_effect'))} ± {_num(r.get('exact_effect_sem'))}",
                           r.get("difference"), r.get("fails")) for r in records], "rlrrrl")
     failures = section.get("failures") or []
     lines += ["", (f"The estimate fails for {', '.join(f'`{c}`' for c in failures)}."

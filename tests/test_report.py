@@ -89,15 +89,15 @@ def synthetic_result(n_layers: int = 2, n_heads: int = 3, n_prompts: int = 4,
     screen_rank = np.argsort(np.argsort(-np.abs(estimate), kind="stable"), kind="stable") + 1
     top = [i for i in range(n) if screen_rank[i] <= 3]
     result["screening"] = {
-        "method": "ig", "steps": 16, "top_k": 3, "components": names, "estimate": estimate,
-        "estimate_sem": [0.01] * n, "screen_rank": screen_rank.tolist(),
-        "exact": [float(effects[i]) if i in top else None for i in range(n)],
-        "exact_all": effects.tolist(), "verified": [i in top for i in range(n)],
+        "method": "ig", "steps": 16, "top_k": 3, "components": names, "estimated_effect": estimate,
+        "estimated_effect_sem": [0.01] * n, "screen_rank": screen_rank.tolist(),
+        "exact_effect": [float(effects[i]) if i in top else None for i in range(n)],
+        "exact_effect_all": effects.tolist(), "verified": [i in top for i in range(n)],
         "fails": [i == 1 for i in range(n)], "failures": [names[1]],
         "records": [{"component": names[i], "screen_rank": int(screen_rank[i]),
-                     "estimate": estimate[i], "exact": float(effects[i]), "exact_sem": 0.05,
-                     "exact_ci_low": float(effects[i]) - 0.1,
-                     "exact_ci_high": float(effects[i]) + 0.1,
+                     "estimated_effect": estimate[i], "exact_effect": float(effects[i]), "exact_effect_sem": 0.05,
+                     "exact_effect_ci_low": float(effects[i]) - 0.1,
+                     "exact_effect_ci_high": float(effects[i]) + 0.1,
                      "difference": estimate[i] - float(effects[i]), "fails": i == 1}
                     for i in sorted(top, key=lambda i: screen_rank[i])],
         "spearman_top_k": 0.5, "spearman_all": 0.625, "precision_at_k": 2 / 3,

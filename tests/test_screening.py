@@ -42,9 +42,9 @@ def test_screen_finds_the_bundled_circuit_heads(bundled_study):
     assert section["spearman_all"] >= 0.8, section["spearman_all"]
     assert section["precision_at_k"] == 1.0
     exact = [r["effect"] for r in bundled_study.single()]
-    assert section["exact_all"] == pytest.approx(exact, abs=1e-12)
+    assert section["exact_effect_all"] == pytest.approx(exact, abs=1e-12)
     assert section["spearman_all"] == pytest.approx(
-        spearman(np.asarray(section["estimate"]), np.asarray(exact)))
+        spearman(np.asarray(section["estimated_effect"]), np.asarray(exact)))
 
 
 def test_first_order_screen_misses_the_saturated_head(bundled_study):
@@ -54,7 +54,7 @@ def test_first_order_screen_misses_the_saturated_head(bundled_study):
     section = bundled_study.screen("grad", top_k=4)
     assert section["completeness"] is None and section["steps"] is None
     i = section["components"].index("0.1")
-    assert section["estimate"][i] < 0 < section["exact_all"][i]
+    assert section["estimated_effect"][i] < 0 < section["exact_effect_all"][i]
     assert "0.1" in section["failures"]
     assert section["spearman_all"] < 0.5
 
@@ -65,7 +65,7 @@ def test_ig_estimates_sum_to_the_joint_ablation(bundled_study):
     section = bundled_study.screen("ig", 16, top_k=2)
     joint = -(bundled_study.baseline()["mean"]
               - bundled_study._all_ablated("mean").mean())  # loss: + = the heads help
-    assert sum(section["estimate"]) == pytest.approx(joint, abs=5e-3 * abs(joint))
+    assert sum(section["estimated_effect"]) == pytest.approx(joint, abs=5e-3 * abs(joint))
     assert section["completeness"]["effect_all_ablated"] == pytest.approx(joint, rel=1e-4)
 
 
@@ -88,7 +88,7 @@ def test_estimates_and_verification_equal_their_references(tiny_model, ld_setup)
     att = attribute(tiny_model, tokens, jaxablate.zero_replacement(tiny_model), metric, "ig",
                     kinds=("heads", "mlps"), steps=8)
     want = -att.per_example(study.names).mean(1)
-    np.testing.assert_allclose(section["estimate"], want, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(section["estimated_effect"], want, rtol=1e-5, atol=1e-6)
     # The screen rank orders |estimate|; the top 3 are verified.
     order = np.argsort(-np.abs(want), kind="stable")
     assert [r["component"] for r in section["records"]] == [study.names[i] for i in order[:3]]
@@ -100,18 +100,18 @@ def test_estimates_and_verification_equal_their_references(tiny_model, ld_setup)
                               metric)
     clean = jaxablate.clean_metric(tiny_model, tokens, metric)
     exact = (clean[None] - ablated).mean(1)
-    np.testing.assert_allclose([r["exact"] for r in section["records"]], exact, atol=1e-5)
+    np.testing.assert_allclose([r["exact_effect"] for r in section["records"]], exact, atol=1e-5)
     # After the single step the same screen is judged against every exact effect.
     effects = np.array([r["effect"] for r in study.single()])
     full = study.screen("ig", 8, top_k=3)
-    np.testing.assert_allclose([r["exact"] for r in full["records"]], exact, atol=1e-5)
+    np.testing.assert_allclose([r["exact_effect"] for r in full["records"]], exact, atol=1e-5)
     exact_top = set(np.argsort(-np.abs(effects), kind="stable")[:3])
     assert full["precision_at_k"] == len(exact_top & set(order[:3])) / 3
     found = full["critical_found"]
     critical = {r["component"] for r in study.single() if r["critical"]}
     assert found == {"found": len(critical & set(top)), "total": len(critical)}
     # The failure rule, recomputed from the numbers.
-    diff = np.asarray(full["estimate"]) - effects
+    diff = np.asarray(full["estimated_effect"]) - effects
     rule = (np.abs(diff) > study.threshold) & (np.abs(diff) > FAIL_RELATIVE * np.abs(effects))
     verified = np.asarray(full["verified"])
     assert full["failures"] == [n for n, f, v in zip(study.names, rule, verified) if f and v]
@@ -132,10 +132,10 @@ def test_neuron_subset_path_and_resample_draws(tiny_model, ld_setup):
     estimates = [-attribute(tiny_model, tokens, r, metric, "ig", kinds=("neurons",), steps=16,
                             components=study.names).per_example(study.names).mean(1)
                  for r in draws]
-    np.testing.assert_allclose(section["estimate"], np.mean(estimates, axis=0), rtol=1e-5,
+    np.testing.assert_allclose(section["estimated_effect"], np.mean(estimates, axis=0), rtol=1e-5,
                                atol=1e-6)
     joint = study.baseline()["mean"] - study._all_ablated("resample").mean()
-    assert sum(section["estimate"]) == pytest.approx(joint, abs=2e-3 * max(1.0, abs(joint)))
+    assert sum(section["estimated_effect"]) == pytest.approx(joint, abs=2e-3 * max(1.0, abs(joint)))
 
 
 def test_report_has_the_screening_section(bundled_study, tmp_path):
@@ -149,12 +149,12 @@ def test_report_has_the_screening_section(bundled_study, tmp_path):
                                         np.argsort(section["screen_rank"])]
     row = table.set_index("component").loc["1.0"]
     i = section["components"].index("1.0")
-    assert row["estimate"] == pytest.approx(section["estimate"][i])
-    assert row["exact"] == pytest.approx(section["exact_all"][i])
+    assert row["estimated_effect"] == pytest.approx(section["estimated_effect"][i])
+    assert row["exact_effect"] == pytest.approx(section["exact_effect_all"][i])
     assert bool(row["fails"]) == ("1.0" in section["failures"])
     csv = pd.read_csv(folder / "screening.csv", dtype={"component": str})
-    pd.testing.assert_frame_equal(csv[["component", "estimate"]],
-                                  table[["component", "estimate"]], check_dtype=False)
+    pd.testing.assert_frame_equal(csv[["component", "estimated_effect"]],
+                                  table[["component", "estimated_effect"]], check_dtype=False)
     text = (folder / "summary.md").read_text()
     assert "## Gradient screening" in text and "screening.png" in text
     assert f"{section['spearman_all']:.4g}" in text
