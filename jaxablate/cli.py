@@ -5,14 +5,35 @@ report folder.
     jaxablate study --model gpt2 --task ioi --template 3 --components heads,mlps
     jaxablate study --model ./my-gpt2 --prompts mine.jsonl --tokenizer ./my-gpt2 --json
 
-Bad input (a missing file, an unknown component kind, options that do not go together, a
-chunk size that cannot fit in memory, an --out folder holding another run's results) prints
-one line, `jaxablate study: error: ...`, and exits with status 2, with no traceback. Sweep
-results are committed to DIR/sweeps as they are computed (`jaxablate.store`): Ctrl-C exits
-with 130 and SIGTERM with 143, keeping them, and the same command run again resumes. An
-accelerator running out of memory is one line too (exit 1). Nothing else is caught, so a
-bug still shows its traceback. The run itself (loading, the Study, progress, the report) is
-`jaxablate.cli_study`; this module is the parser, the option checks and `main`.
+Exit status and what is printed:
+  0    the study ran and the report was written.
+  2    bad input: one line on stderr, `jaxablate study: error: ...`, no traceback. That is a
+       usage error (`UsageError`: options that do not go together, a --prompts file that
+       cannot be read, an --out that cannot be written, a tokenizer that does not fit the
+       model's vocabulary), or any `jaxablate.errors.InputError` the library raises (an
+       unknown component, a chunk size that cannot fit in memory, a damaged checkpoint, an
+       --out holding another run's sweeps). Files the command line can check are checked
+       before the model loads.
+  1    a NaN or inf metric (one line naming the masks), or the accelerator running out of
+       memory (one line: pass a smaller --chunk-size).
+  130  Ctrl-C; 143 SIGTERM. Sweep results are committed to DIR/sweeps as they are computed
+       (`jaxablate.store`), so the same command run again resumes.
+Anything else (a TypeError, KeyError, OSError, ... from inside) is a bug or a failure of the
+machine, not bad input: `main` lets it through with its traceback, and the process exits
+with status 1.
+
+The report folder (--out DIR): jaxablate never overwrites a file it did not write. DIR may
+be absent or empty; it may hold an earlier report of a run with the same settings (a resumed
+run), which is replaced. It is refused, before the model loads, when it holds a file of a
+report's name (study.json, summary.md, single.csv, the PNGs, ...: `jaxablate.report
+.report_names()`) that jaxablate did not write or that changed since (its record is
+DIR/.jaxablate-report.json), or the report of a run with other settings (model, task,
+template, prompts, n_prompts, ablation, components, neuron layers, seed, threshold), naming
+what differs. --overwrite replaces that earlier report's own files (and empties DIR/sweeps),
+never files jaxablate did not write. Files of other names in DIR are left alone.
+
+The run itself (loading, the Study, progress, the report) is `jaxablate.cli_study`; this
+module is the parser, the option checks and `main`.
 """
 
 from __future__ import annotations
@@ -26,7 +47,18 @@ from pathlib import Path
 from typing import NoReturn
 
 # ProgressBars is re-exported: the tests (and users) import it from here.
-from jaxablate.cli_study import ProgressBars, _sigterm_raises, _Terminated, run_study  # noqa: F401
+from jaxablate.cli_study import (  # noqa: F401
+    ProgressBars,
+    _sigterm_raises,
+    _Terminated,
+    check_prompts_file,
+    run_study,
+    settings_from_options,
+)
+from jaxablate.engine import NonFiniteMetricError
+from jaxablate.errors import InputError
+from jaxablate.report import check_report_folder, report_fingerprint
+from jaxablate.store import StoreMismatchError
 
 PROG = "jaxablate"
 COMPONENT_KINDS = ("heads", "mlps", "neurons")
@@ -79,18 +111,23 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
-class UsageError(Exception):
-    """Bad input from the user: reported in one line, exit status 2."""
+class UsageError(InputError):
+    """Bad input from the user (an option, a file): reported in one line, exit status 2."""
 
 
-def _positive_int(text: str) -> int:
+def _positive_int(text: str, least: int = 1) -> int:
     try:
         value = int(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a number >= 1, got {value}")
+    if value < least:
+        raise argparse.ArgumentTypeError(f"expected a number >= {least}, got {value}")
     return value
+
+
+def _seed(text: str) -> int:
+    """A seed: numpy's and JAX's generators take whole numbers >= 0."""
+    return _positive_int(text, least=0)
 
 
 def _int_list(text: str) -> tuple[int, ...]:
@@ -168,8 +205,10 @@ def build_parser() -> argparse.ArgumentParser:
                         help='your own prompts instead of --task: one {"prompt", "correct", '
                              '"wrong"} object per line, all prompts the same token length')
     source.add_argument("--tokenizer", metavar="SOURCE", default=None,
-                        help="GPT-2 tokenizer for --task ioi and --prompts: hub id or folder "
-                             "(default: gpt2)")
+                        help="GPT-2 tokenizer for --task ioi and --prompts: hub id or folder; "
+                             "its ids must fit the model's vocabulary, so a model smaller "
+                             "than GPT-2's 50257 ids needs its own (default: gpt2, shipped "
+                             "with jaxablate)")
     source.add_argument("--template", type=int, default=None, metavar="N",
                         help="IOI template 0-29 (BABA 0-14, ABBA 15-29) (default: 0)")
     source.add_argument("--n-prompts", type=_positive_int, default=None, metavar="N",
@@ -187,8 +226,8 @@ def build_parser() -> argparse.ArgumentParser:
     ablation.add_argument("--threshold", type=float, default=None, metavar="X",
                           help="effect size that makes a component critical (default: the "
                                "study's rule, recorded in the report)")
-    ablation.add_argument("--seed", type=int, default=0,
-                          help="seed of the prompts, resampling and bootstrap (default: 0)")
+    ablation.add_argument("--seed", type=_seed, default=0,
+                          help="seed of the prompts, resampling and bootstrap, >= 0 (default: 0)")
     ablation.add_argument("--target", type=_fraction, default=0.8, metavar="F",
                           help="share of the clean performance the minimal circuit must "
                                "recover (default: 0.8)")
@@ -215,13 +254,23 @@ def build_parser() -> argparse.ArgumentParser:
 
     output = study.add_argument_group("output")
     output.add_argument("--out", default="jaxablate-report", metavar="DIR",
-                        help="report folder, created or overwritten; sweep results are kept in "
-                             "DIR/sweeps as they are computed, so running the same command "
-                             "again (after Ctrl-C, a kill or a crash) resumes where it stopped "
-                             "(default: jaxablate-report)")
+                        help="report folder, created if needed (default: jaxablate-report). "
+                             "Sweep results are kept in DIR/sweeps as they are computed, so "
+                             "running the same command again (after Ctrl-C, a kill or a "
+                             "crash) resumes where it stopped and replaces the earlier "
+                             "report. jaxablate never overwrites a file it did not write: "
+                             "DIR is refused, before anything loads, when it holds a file of "
+                             "a report's name (study.json, summary.md, single.csv, the PNGs, "
+                             "...) that jaxablate did not write or that changed since, or "
+                             "the report of a run with other settings (the message names "
+                             "what differs; see --overwrite). Other files in DIR are left "
+                             "alone")
     output.add_argument("--overwrite", action="store_true",
-                        help="discard the sweep results an earlier run left in --out and start "
-                             "afresh (needed when the inputs changed)")
+                        help="start afresh: empty DIR/sweeps and replace the files of the "
+                             "earlier report in DIR (those jaxablate wrote, as its record "
+                             "DIR/.jaxablate-report.json lists them), needed when the settings "
+                             "or inputs changed; files jaxablate did not write are never "
+                             "replaced")
     output.add_argument("--chunk-size", type=_positive_int, default=None, metavar="N",
                         help="masks per compiled call (default: chosen within the memory "
                              "budget); refused up front when it cannot fit in memory")
@@ -262,8 +311,7 @@ def _check_options(args: argparse.Namespace) -> None:
         if args.n_prompts is not None:
             raise UsageError("--n-prompts sets the size of a generated --task; a --prompts "
                              "file uses all its lines")
-        if not os.path.isfile(args.prompts):
-            raise UsageError(f"--prompts: no such file {args.prompts!r}")
+        check_prompts_file(args.prompts)
     task = "prompts" if args.prompts is not None else args.task or "induction"
     if args.template is not None and task != "ioi":
         raise UsageError("--template applies to --task ioi only")
@@ -295,6 +343,16 @@ def _check_options(args: argparse.Namespace) -> None:
                          "a folder; choose another --out")
     if not os.access(existing, os.W_OK | os.X_OK):
         raise UsageError(f"--out: {str(existing)!r} is not writable; choose another --out")
+    sweeps = Path(args.out) / "sweeps"
+    if sweeps.exists() and not sweeps.is_dir():
+        raise UsageError(f"--out: {str(sweeps)!r} (where the sweep results go) is a file, not "
+                         "a folder; move it or choose another --out")
+    if sweeps.is_dir() and not os.access(sweeps, os.W_OK | os.X_OK):
+        raise UsageError(f"--out: {str(sweeps)!r} is not writable; choose another --out")
+    # Before the model loads: never replace a file jaxablate did not write, nor (without
+    # --overwrite) the report of a run with other settings.
+    check_report_folder(args.out, report_fingerprint(settings_from_options(args)),
+                        overwrite=args.overwrite, command_line=True)
     needed = ["pandas", "pyarrow"] + ([] if args.no_plots else ["matplotlib"])
     missing = [name for name in needed if importlib.util.find_spec(name) is None]
     if missing:
@@ -333,14 +391,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         with _sigterm_raises():
             return run_study(args)
-    except UsageError as error:
-        return _fail(str(error))
-    except (ValueError, TypeError, OSError) as error:  # the library's and the OS's
-        details = getattr(error, "details", None)  # a StoreMismatchError
-        if details is not None and hasattr(error, "changed"):
-            return _fail(f"--out {args.out} holds sweep results of another run ({details}); "
-                         "re-run with --overwrite to start afresh, or choose another --out")
+    except StoreMismatchError as error:  # an InputError, worded for the command line
+        return _fail(f"--out {args.out} holds sweep results of another run ({error.details}); "
+                     "re-run with --overwrite to start afresh, or choose another --out")
+    except InputError as error:  # UsageError, and every bad-input check of the library
         return _fail(str(error) or type(error).__name__)
+    except NonFiniteMetricError as error:  # a result that overflowed: not bad input, no bug
+        print(f"{PROG} study: error: {' '.join(str(error).split())}", file=sys.stderr)
+        return 1
     except RuntimeError as error:
         if "RESOURCE_EXHAUSTED" not in str(error):
             raise
@@ -352,7 +410,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _stopped(args, "interrupted", 130)
     except _Terminated:
         return _stopped(args, "terminated (SIGTERM)", 143)
+    # Anything else (a ValueError, TypeError, KeyError, OSError from inside) is a bug or a
+    # failure of the machine: it keeps its traceback, and the process exits with status 1.
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    # `python -m jaxablate.cli` runs this file as __main__, a second copy of the module:
+    # run the imported jaxablate.cli's main, whose classes are the ones cli_study raises.
+    from jaxablate.cli import main as _main
+
+    raise SystemExit(_main())

@@ -1,11 +1,17 @@
-"""Running `jaxablate study` from its parsed arguments: start the hosts (--distributed) and
-the compilation cache, load the model and the task, run the `Study` with progress bars on
-stderr, print the ranked table (or the JSON), write the report folder.
+"""Running `jaxablate study` from its parsed arguments: check what can be checked from the
+model's config.json and the tokenizer before the weights load (a tokenizer too big for the
+vocabulary, neuron layers out of range), start the hosts (--distributed) and the compilation
+cache, load the model and the task, run the `Study` with progress bars on stderr, print the
+ranked table (or the JSON), write the report folder.
 
     run_study(args) -> exit status      args: `jaxablate.cli.build_parser().parse_args(...)`
     ProgressBars(enabled)               the Study's progress callback: one tqdm bar per step
     _sigterm_raises()                   SIGTERM raises `_Terminated`, as Ctrl-C raises
                                         KeyboardInterrupt (`jaxablate.cli.main` reports both)
+    check_prompts_file(path)            a --prompts file that can be read as UTF-8 (the option
+                                        checks of `jaxablate.cli` call it before any work)
+    settings_from_options(args)         the options as the meta keys of the report folder's
+                                        fingerprint (`jaxablate.report.report_fingerprint`)
 
 `Study` is imported from `jaxablate.study` when the run starts, so a stand-in placed in
 `sys.modules` (the tests' fake Study) is the one used. `UsageError`, the option checks and the
@@ -16,6 +22,7 @@ imports this module.
 from __future__ import annotations
 
 import argparse
+import codecs
 import contextlib
 import json
 import os
@@ -90,26 +97,157 @@ def _enable_compilation_cache() -> None:
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
 
 
-def _load_task(args: argparse.Namespace, cfg: Any) -> Any:
+def check_prompts_file(path: str) -> None:
+    """Refuse (`UsageError`) a --prompts path that is missing, a folder, unreadable or not
+    UTF-8 text, before any work.
+
+    Example:
+        >>> check_prompts_file("photo.jpg")
+        UsageError: --prompts: 'photo.jpg' is not UTF-8 text (byte 0); save it as UTF-8, ...
+    """
+    from jaxablate.cli import UsageError
+
+    if os.path.isdir(path):
+        raise UsageError(f"--prompts: {path!r} is a folder; pass the .jsonl file")
+    if not os.path.exists(path):
+        raise UsageError(f"--prompts: no such file {path!r}")
+    decoder = codecs.getincrementaldecoder("utf-8")()
+    read = start = 0  # bytes read; where the decoder's input (carried bytes + block) starts
+    try:
+        with open(path, "rb") as data:
+            for block in iter(lambda: data.read(1 << 20), b""):
+                start = read - len(decoder.getstate()[0])  # an unfinished character carried
+                decoder.decode(block)
+                read += len(block)
+            start = read - len(decoder.getstate()[0])
+            decoder.decode(b"", final=True)
+    except UnicodeDecodeError as error:
+        raise UsageError(f"--prompts: {path!r} is not UTF-8 text (byte {start + error.start});"
+                         " save it as UTF-8, one JSON object per line") from None
+    except OSError as error:
+        raise UsageError(f"--prompts: cannot read {path!r} ({error.strerror or error}); check "
+                         "its permissions") from None
+
+
+def settings_from_options(args: argparse.Namespace) -> dict[str, Any]:
+    """The run's settings as the keys of a result's meta that the options decide (what
+    `jaxablate.report.report_fingerprint` reads), so that the --out check compares them with
+    the earlier report's before anything loads. The metric is the task's, and a prompts
+    file's size is only known once read: both are left to the task and prompts keys.
+
+    Example:
+        >>> settings_from_options(build_parser().parse_args(["study", "--ablation", "zero"]))
+        {'model': 'bundled:induction', 'task': {'name': 'induction'}, 'ablation': 'zero', ...}
+    """
+    from jaxablate.cli import _DEFAULT_N_PROMPTS
+
+    task = "prompts" if args.prompts is not None else args.task or "induction"
+    meta: dict[str, Any] = {
+        "model": args.model, "task": {"name": task}, "ablation": args.ablation,
+        "components": list(args.components),
+        "neuron_layers": None if args.neuron_layers is None else list(args.neuron_layers),
+        "seed": args.seed, "threshold": args.threshold,
+        # as Study.meta words it: a given threshold is part of the settings, the default
+        # follows from the others
+        "threshold_rule": "default" if args.threshold is None else "given (threshold=)"}
+    if task == "ioi":
+        meta["task"]["template"] = 0 if args.template is None else args.template
+    if task == "prompts":
+        meta["task"]["source"] = args.prompts
+    else:
+        meta["n_prompts"] = args.n_prompts or _DEFAULT_N_PROMPTS
+    return meta
+
+
+GPT2_VOCAB = 50257  # ids of GPT-2's BPE tokenizer (the bundled one), end-of-text included
+
+
+def _peek_config(source: str) -> Any:
+    """The model's GPT2Config read from config.json alone, when that is cheap and offline (a
+    bundled model, a local folder, a hub id already in the local cache), so that the checks
+    that need only the config run before the weights load; None when it is not at hand
+    (`load_gpt2` then reports whatever is wrong)."""
+    from jaxablate.cli import UsageError
+    from jaxablate.config import GPT2Config
+
+    if source.startswith("bundled:"):
+        from jaxablate.zoo import bundled_path
+
+        path: Any = bundled_path(source[len("bundled:"):]) / "config.json"
+    elif os.path.isdir(source):
+        path = Path(source) / "config.json"
+    elif os.path.exists(source) or source.startswith((".", "/", "~")):
+        return None
+    else:
+        from huggingface_hub import try_to_load_from_cache
+
+        try:
+            path = try_to_load_from_cache(source, "config.json")
+        except ValueError:  # not a valid repo id: load_gpt2 says so
+            return None
+        if not isinstance(path, str):  # not cached (or cached as absent)
+            return None
+    if not os.path.isfile(path):
+        return None
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+        config = json.loads(text)
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise UsageError(f"--model {source}: cannot read {path} as JSON ({error}); download or "
+                         "convert the model again") from None
+    if not isinstance(config, dict):
+        raise UsageError(f"--model {source}: {path} holds no JSON object; download or convert "
+                         "the model again")
+    return GPT2Config.from_hf(config)
+
+
+def _tokenizer_size(args: argparse.Namespace) -> int | None:
+    """Ids of the task's tokenizer when known without loading it: GPT-2's (the default, or
+    any GPT-2 hub id) has 50257. None for another tokenizer."""
+    from jaxablate.tokenizer import GPT2_TOKENIZER_IDS
+
+    source = args.tokenizer or "gpt2"
+    return GPT2_VOCAB if source in GPT2_TOKENIZER_IDS and not os.path.isdir(source) else None
+
+
+def _check_fit(args: argparse.Namespace, cfg: Any, n_ids: int | None) -> None:
+    """Options that need the model's config: neuron layers in range, and a tokenizer whose ids
+    fit the vocabulary (n_ids: the tokenizer's size, None when it is not known yet)."""
+    from jaxablate.cli import UsageError
+
+    if args.neuron_layers is not None:
+        bad = [layer for layer in args.neuron_layers if not 0 <= layer < cfg.n_layers]
+        if bad:
+            raise UsageError(f"--neuron-layers {bad} out of range; the model has layers "
+                             f"0-{cfg.n_layers - 1}")
+    if n_ids is None or n_ids <= cfg.d_vocab:
+        return
+    what = "--prompts" if args.prompts is not None else "--task ioi"
+    if args.tokenizer is None:
+        raise UsageError(
+            f"{what} needs GPT-2's tokenizer (the default --tokenizer gpt2): the tokenizer has "
+            f"{n_ids} ids but the model's vocabulary has {cfg.d_vocab} (--model {args.model}); "
+            f"pass --model gpt2 or another model with GPT-2's {GPT2_VOCAB}-token vocabulary, "
+            "or --tokenizer with the model's own tokenizer (a model without one, such as "
+            "bundled:induction, studies --task induction)")
+    raise UsageError(f"--tokenizer {args.tokenizer}: the tokenizer has {n_ids} ids but the "
+                     f"model's vocabulary has {cfg.d_vocab} (--model {args.model}); pass the "
+                     "model's own tokenizer, or a model whose vocabulary holds this one")
+
+
+def _load_task(args: argparse.Namespace, cfg: Any, tokenizer: Any) -> Any:
     from jaxablate import tasks
     from jaxablate.cli import _DEFAULT_N_PROMPTS, _INDUCTION_HALF, UsageError
 
-    if args.prompts is not None or args.task == "ioi":
-        from jaxablate.tokenizer import load_tokenizer
-
-        tokenizer = load_tokenizer(args.tokenizer or "gpt2")
-        if len(tokenizer) > cfg.d_vocab:
-            raise UsageError(f"the tokenizer has {len(tokenizer)} ids but the model's "
-                             f"vocabulary has {cfg.d_vocab}; pass the model's own tokenizer")
-        if args.prompts is not None:
-            task = tasks.from_jsonl(args.prompts, tokenizer)
-        else:
-            task = tasks.ioi(tokenizer, args.n_prompts or _DEFAULT_N_PROMPTS,
-                             template=0 if args.template is None else args.template,
-                             seed=args.seed)
+    if args.prompts is not None:
+        task = tasks.from_jsonl(args.prompts, tokenizer)
+    elif args.task == "ioi":
+        task = tasks.ioi(tokenizer, args.n_prompts or _DEFAULT_N_PROMPTS,
+                         template=0 if args.template is None else args.template,
+                         seed=args.seed)
     else:
         # GPT-2's own vocabulary: stay clear of the end-of-text id.
-        vocab = cfg.d_vocab if cfg.d_vocab < 50257 else 50256
+        vocab = cfg.d_vocab if cfg.d_vocab < GPT2_VOCAB else GPT2_VOCAB - 1
         half = min(_INDUCTION_HALF, cfg.n_ctx // 2)
         task = tasks.induction(args.n_prompts or _DEFAULT_N_PROMPTS, half=half, vocab=vocab,
                                seed=args.seed)
@@ -119,11 +257,30 @@ def _load_task(args: argparse.Namespace, cfg: Any) -> Any:
     return task
 
 
+def _prepare(args: argparse.Namespace) -> tuple[Any, Any]:
+    """(the model's config when it can be read up front, else None; the tokenizer, or None
+    for induction), every check that needs only these done before the weights load."""
+    cfg = _peek_config(args.model)
+    if args.prompts is None and args.task != "ioi":
+        if cfg is not None:
+            _check_fit(args, cfg, None)
+        return cfg, None
+    if cfg is not None:  # refused before the tokenizer (transformers) loads, when it can be
+        _check_fit(args, cfg, _tokenizer_size(args))
+    from jaxablate.tokenizer import load_tokenizer
+
+    tokenizer = load_tokenizer(args.tokenizer or "gpt2")
+    if cfg is not None:
+        _check_fit(args, cfg, len(tokenizer))
+    return cfg, tokenizer
+
+
 def run_study(args: argparse.Namespace) -> int:
     """`jaxablate study`: load, run the Study, print, write the report."""
-    from jaxablate.cli import OPTIONAL_STEPS, UsageError, _check_options
+    from jaxablate.cli import OPTIONAL_STEPS, _check_options
 
     _check_options(args)
+    early_cfg, tokenizer = _prepare(args)
     if args.distributed:
         _start_distributed(args)
     if not args.no_cache:
@@ -140,12 +297,9 @@ def run_study(args: argparse.Namespace) -> int:
     start = time.perf_counter()
     model = ja.load_gpt2(args.model)
     cfg = model.cfg
-    if args.neuron_layers is not None:
-        bad = [layer for layer in args.neuron_layers if not 0 <= layer < cfg.n_layers]
-        if bad:
-            raise UsageError(f"--neuron-layers {bad} out of range; the model has layers "
-                             f"0-{cfg.n_layers - 1}")
-    task = _load_task(args, cfg)
+    if early_cfg is None:  # a hub model just downloaded: the checks that needed its config
+        _check_fit(args, cfg, None if tokenizer is None else len(tokenizer))
+    task = _load_task(args, cfg, tokenizer)
     say(f"model: {args.model} ({cfg.n_layers} layers x {cfg.n_heads} heads, d_model "
         f"{cfg.d_model}, vocabulary {cfg.d_vocab})")
     say(f"task: {task}")
@@ -181,7 +335,8 @@ def run_study(args: argparse.Namespace) -> int:
         print()
         print(result.table(args.top))
         print()
-    folder = write_report(data, args.out, plots=not args.no_plots)
+    folder = write_report(data, args.out, plots=not args.no_plots,
+                          overwrite=args.overwrite)
     store = getattr(study, "store", None)
     if store is not None:
         say(f"sweeps: {store.computed} files computed, {store.reused} reused from "
