@@ -13,6 +13,7 @@ from jaxablate.attribution import Attribution, attribute
 from jaxablate.components import Component, parse_component
 from jaxablate.config import GPT2Config
 from jaxablate.engine import NonFiniteMetricError, clean_metric, planned_chunk_size, sweep
+from jaxablate.errors import InputError, InputTypeError
 from jaxablate.forward import Cache, attach_sae, forward, run_with_cache
 from jaxablate.loading import load_gpt2
 from jaxablate.mask import Mask
@@ -35,6 +36,8 @@ __all__ = [
     "Component",
     "GPT2",
     "GPT2Config",
+    "InputError",
+    "InputTypeError",
     "Mask",
     "MaskSet",
     "NonFiniteMetricError",

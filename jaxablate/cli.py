@@ -305,6 +305,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _check_options(args: argparse.Namespace) -> None:
     """Options that do not go together, and files that are not there (before any work)."""
+    if "mlps" in args.components and "neurons" in args.components:
+        raise UsageError("--components: mlps and neurons overlap (an MLP's output is its "
+                         "neurons' sum); run two studies, e.g. heads,mlps and heads,neurons")
     if args.prompts is not None:
         if args.task is not None:
             raise UsageError("--prompts replaces --task; pass one of them")

@@ -7,9 +7,10 @@ weight is transposed (c_attn, attn.c_proj, c_fc, mlp.c_proj); only reshapes spli
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -129,7 +130,12 @@ def _read_config(folder: Path) -> GPT2Config:
     if not path.is_file():
         raise InputError(f"{folder} has no config.json; a GPT-2 folder needs config.json and "
                          "model.safetensors (as written by transformers' save_pretrained)")
-    return GPT2Config.from_hf(json.loads(path.read_text()))
+    try:
+        hf = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise InputError(f"{path} is not valid JSON ({error}); the checkpoint is damaged: "
+                         "download or save it again") from None
+    return GPT2Config.from_hf(hf)
 
 
 def _safetensors_files(folder: Path) -> dict[str, Path] | None:
@@ -138,7 +144,11 @@ def _safetensors_files(folder: Path) -> dict[str, Path] | None:
 
     index = folder / "model.safetensors.index.json"
     if index.is_file():
-        weight_map = json.loads(index.read_text()).get("weight_map")
+        try:
+            weight_map = json.loads(index.read_text(encoding="utf-8")).get("weight_map")
+        except (UnicodeDecodeError, json.JSONDecodeError, AttributeError) as error:
+            raise InputError(f"{index} is not a valid index ({error}); the checkpoint is "
+                             "damaged: download or save it again") from None
         if not isinstance(weight_map, dict):
             raise InputError(f"{index} has no weight_map")
         files = {name: folder / shard for name, shard in weight_map.items()}
@@ -148,9 +158,23 @@ def _safetensors_files(folder: Path) -> dict[str, Path] | None:
         return files
     single = folder / "model.safetensors"
     if single.is_file():
-        with safe_open(single, framework="numpy") as f:
-            return {name: single for name in f.keys()}
+        with _damaged_as_input_error(single):
+            with safe_open(single, framework="numpy") as f:
+                return {name: single for name in f.keys()}
     return None
+
+
+@contextlib.contextmanager
+def _damaged_as_input_error(path: Path) -> Iterator[None]:
+    """A safetensors file that cannot be read (truncated, corrupted, not safetensors) is a
+    damaged checkpoint, named in one line, not a traceback from inside safetensors."""
+    from safetensors import SafetensorError
+
+    try:
+        yield
+    except (SafetensorError, OSError) as error:
+        raise InputError(f"{path} cannot be read as safetensors ({' '.join(str(error).split())}"
+                         "); the checkpoint is damaged: download or save it again") from None
 
 
 def load_folder(folder: str | os.PathLike, dtype: str = "float32",
@@ -177,9 +201,10 @@ def load_folder(folder: str | os.PathLike, dtype: str = "float32",
 
     def get(name: str) -> np.ndarray:
         path = files[name]
-        if path not in handles:
-            handles[path] = safe_open(path, framework="numpy")
-        return handles[path].get_tensor(name)
+        with _damaged_as_input_error(path):
+            if path not in handles:
+                handles[path] = safe_open(path, framework="numpy")
+            return handles[path].get_tensor(name)
 
     return build_model(cfg, list(files), get, dtype)
 

@@ -110,3 +110,15 @@ def triton_interpreter():
             mp.setenv("TRITON_INTERPRET", "1")
         yield
 
+
+
+@pytest.fixture(autouse=True, scope="session")
+def no_persistent_compilation_cache():
+    """In-process CLI runs must not turn on JAX's persistent compilation cache for the rest of
+    the test session (a process-wide setting, pointed at the user's ~/.cache): the CLI's
+    switch is replaced here, and `test_cli_errors.py` checks the real one in a subprocess."""
+    from jaxablate import cli_study
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(cli_study, "_enable_compilation_cache", lambda: None)
+        yield

@@ -209,6 +209,8 @@ CASES = [
         "a study needs at least 2 prompts", "at least 2 prompts"),
     Cli("cli-unknown-component-kind", ("--components", "heads,attn"),
         "unknown component kind 'attn'", "choose from heads, mlps, neurons"),
+    Cli("cli-overlapping-component-kinds", ("--components", "heads,mlps,neurons"),
+        "mlps and neurons overlap", "run two studies"),
     Cli("cli-neuron-layer-out-of-range",
         ("--model", "{tiny}", "--components", "neurons", "--neuron-layers", "0,5"),
         r"--neuron-layers \[5\] out of range", "the model has layers 0-1"),

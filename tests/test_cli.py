@@ -177,7 +177,7 @@ def test_ioi_and_prompts_build_their_tasks(tmp_path, gpt2_vocab_dir, tokenizer_d
 def test_study_options_reach_the_study_and_the_report(tmp_path, tiny_dir, fake_study, capsys):
     out = tmp_path / "report"
     argv = ["study", "--model", str(tiny_dir), "--n-prompts", "8", "--ablation", "zero",
-            "--components", "heads,mlp,neurons", "--neuron-layers", "1", "--threshold", "0.5",
+            "--components", "heads,neurons", "--neuron-layers", "1", "--threshold", "0.5",
             "--seed", "3", "--top", "5", "--out", str(out), "--no-cache", "--target", "0.9",
             "--interaction-top-k", "3", "--skip", "interactions,comparison", "--screen",
             "grad", "--ig-steps", "4", "--screen-top-k", "6", "--devices", "1"]
@@ -187,7 +187,7 @@ def test_study_options_reach_the_study_and_the_report(tmp_path, tiny_dir, fake_s
     assert task.info["seed"] == 3 and task.tokens.max() < model.cfg.d_vocab
     assert {k: kwargs[k] for k in ("ablation", "components", "neuron_layers", "threshold",
                                    "seed", "devices")} == {
-        "ablation": "zero", "components": ("heads", "mlps", "neurons"),
+        "ablation": "zero", "components": ("heads", "neurons"),
         "neuron_layers": (1,), "threshold": 0.5, "seed": 3, "devices": 1}
     assert callable(kwargs["progress"]) and kwargs["model_name"] == str(tiny_dir)
     assert kwargs["run"] == {"target": 0.9, "top_k": 3,

@@ -214,3 +214,23 @@ def test_neuron_layers_are_checked_before_the_weights_load(tmp_path, tiny_dir, n
     assert main(argv) == 2
     assert "--neuron-layers [5] out of range; the model has layers 0-1" in \
         one_line_error(capsys)
+
+
+def test_the_cli_persists_compiled_programs_where_jaxablate_cache_says(tiny_dir, tmp_path):
+    # The real switch (the test session replaces it in-process, see conftest): a run fills
+    # $JAXABLATE_CACHE; --no-cache leaves another folder empty.
+    cache, other = tmp_path / "cache", tmp_path / "other"
+    common = [sys.executable, "-m", "jaxablate.cli", "study", "--model", str(tiny_dir),
+              "--n-prompts", "4", "--skip", "screening,cumulative,circuit,interactions,"
+              "comparison", "--quiet", "--no-plots"]
+    env = {**os.environ, "JAXABLATE_CACHE": str(cache)}
+    env.pop("JAX_COMPILATION_CACHE_DIR", None)
+    done = subprocess.run(common + ["--out", str(tmp_path / "a")], env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert cache.is_dir() and any(cache.iterdir())
+    env["JAXABLATE_CACHE"] = str(other)
+    done = subprocess.run(common + ["--out", str(tmp_path / "b"), "--no-cache"], env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert not other.exists() or not any(other.iterdir())

@@ -206,3 +206,33 @@ def test_metric_fingerprint_follows_helpers_of_its_module(tiny_model, tokens):
         exec(compile(source.format(k=k), "<custom metric>", "exec"), namespace)
         digests.append(metric_digest(_make(namespace["score"]), tokens, tiny_model.cfg))
     assert digests[0] != digests[1]
+
+
+# ---------------------------------------------------------------------------------------------
+# Damaged files: one clear line naming the file, not a traceback from a parser.
+
+
+def test_damaged_checkpoint_files_are_named(tiny_dir, tmp_path):
+    import shutil
+
+    for name, damage in (("model.safetensors", lambda b: b[: len(b) // 2]),
+                         ("model.safetensors", lambda b: b"not safetensors at all" * 4),
+                         ("config.json", lambda b: b[: len(b) // 2])):
+        folder = tmp_path / f"{name}-{len(list(tmp_path.iterdir()))}"
+        shutil.copytree(tiny_dir, folder)
+        path = folder / name
+        path.write_bytes(damage(path.read_bytes()))
+        with pytest.raises(InputError, match=f"{name}.*damaged: download or save it again"):
+            ja.load_gpt2(folder)
+
+
+def test_unreadable_prompt_files_and_bad_seeds_are_input_errors(tmp_path):
+    tokenizer = ja.load_tokenizer("gpt2")
+    with pytest.raises(InputError, match="cannot read the prompts file"):
+        ja.tasks.from_jsonl(tmp_path / "missing.jsonl", tokenizer)
+    binary = tmp_path / "binary.jsonl"
+    binary.write_bytes(b'{"prompt": "\xff\xfe"}\n')
+    with pytest.raises(InputError, match=r"not UTF-8 text \(byte \d+\)"):
+        ja.tasks.from_jsonl(binary, tokenizer)
+    with pytest.raises(InputError, match="seed must be an int >= 0"):
+        ja.tasks.induction(4, seed=-1)

@@ -320,12 +320,32 @@ def test_hub_id_downloads_safetensors_only_and_loads(tiny_dir, tiny_model, monke
 def test_hub_failure_is_one_line_value_error(monkeypatch):
     import huggingface_hub
 
+    from jaxablate import hub
+
     def failing(repo_id, **kwargs):
-        raise OSError("we are offline")
+        raise OSError("not in the cache" if kwargs.get("local_files_only") else "we are offline")
 
     monkeypatch.setattr(huggingface_hub, "snapshot_download", failing)
+    monkeypatch.setattr(hub, "hub_reachable", lambda timeout=0: True)
     with pytest.raises(ValueError, match=r"could not fetch 'some-org/gpt2-like' from the "
                                          r"Hugging Face hub \(OSError: we are offline\)") as info:
         jaxablate.load_gpt2("some-org/gpt2-like")
     assert "\n" not in str(info.value)
     assert isinstance(info.value.__cause__, OSError)
+
+
+@pytest.mark.parametrize("load", [jaxablate.load_gpt2, jaxablate.load_tokenizer],
+                         ids=["model", "tokenizer"])
+def test_an_unreachable_hub_fails_at_once_with_the_fix(monkeypatch, load):
+    # Not in the cache and no network: one line within seconds (the connection check), not
+    # the download client's retries (transformers' tokenizer loader waited 50 s offline).
+    import time
+
+    monkeypatch.setenv("HF_ENDPOINT", "https://hub.invalid")  # unresolvable: refused at once
+    monkeypatch.delenv("HTTPS_PROXY", raising=False)
+    monkeypatch.delenv("https_proxy", raising=False)
+    start = time.perf_counter()
+    with pytest.raises(jaxablate.InputError, match="is not in the local cache and the Hugging "
+                                                   "Face hub cannot be reached .*local folder"):
+        load("some-org/not-cached-anywhere")
+    assert time.perf_counter() - start < 15

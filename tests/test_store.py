@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -388,7 +389,16 @@ def test_cli_resumes_refuses_a_changed_input_and_is_deterministic(tiny_dir, tmp_
     assert main(cli_args(tiny_dir, out, "--seed", "1")) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "Traceback" not in err, err
-    assert err.startswith(f"jaxablate study: error: --out {out} holds sweep results of another "
+    # The report of the seed-0 run is refused first (before the model loads) ...
+    assert "holds the report of a run with other settings (seed: 0 there, 1 now)" in err, err
+    # ... and without the report, the stored sweeps refuse the changed inputs themselves.
+    kept = tmp_path / "sweeps-only"
+    kept.mkdir()
+    shutil.copytree(out / "sweeps", kept / "sweeps")
+    assert main(cli_args(tiny_dir, kept, "--seed", "1")) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "Traceback" not in err, err
+    assert err.startswith(f"jaxablate study: error: --out {kept} holds sweep results of another "
                           "run (changed: tokens, replacement values, metric; seed: 0 there, 1 "
                           "now); re-run with --overwrite to start afresh, or choose another "
                           "--out"), err

@@ -44,6 +44,8 @@ def induction(n_prompts: int = 64, *, half: int = 16, vocab: int = 50257, seed: 
     n_reference = n_prompts if n_reference is None else n_reference
     if not isinstance(n_reference, (int, np.integer)) or n_reference < 1:
         raise InputError(f"induction: n_reference must be an int >= 1, got {n_reference!r}")
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
+        raise InputError(f"induction: seed must be an int >= 0, got {seed!r}")
     rng = np.random.default_rng(seed)
     tokens = repeated_tokens(rng, n_prompts, half, vocab, low)
     reference = repeated_tokens(rng, n_reference, half, vocab, low)

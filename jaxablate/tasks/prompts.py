@@ -144,16 +144,25 @@ def from_jsonl(path: str | os.PathLike, tokenizer: Any) -> Task:
     """
     source = os.fspath(path)
     entries = []
-    with open(source, encoding="utf-8") as lines:
-        for number, line in enumerate(lines, start=1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as error:
-                raise InputError(f"{source}, line {number}: invalid JSON ({error.msg} at "
-                                 f"column {error.colno}); {_FORMAT}") from None
-            entries.append((f"line {number}", record))
+    try:
+        with open(source, "rb") as file:
+            text = file.read()
+    except OSError as error:
+        raise InputError(f"{source}: cannot read the prompts file ({error.strerror or error})"
+                         ) from None
+    try:
+        lines = text.decode("utf-8").splitlines()
+    except UnicodeDecodeError as error:
+        raise InputError(f"{source}: not UTF-8 text (byte {error.start}); {_FORMAT}") from None
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as error:
+            raise InputError(f"{source}, line {number}: invalid JSON ({error.msg} at "
+                             f"column {error.colno}); {_FORMAT}") from None
+        entries.append((f"line {number}", record))
     if not entries:
         raise InputError(f"{source}: the file is empty (no prompts); {_FORMAT}")
     return _build(entries, tokenizer, source)
