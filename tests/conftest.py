@@ -122,3 +122,13 @@ def no_persistent_compilation_cache():
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(cli_study, "_enable_compilation_cache", lambda: None)
         yield
+
+
+@pytest.fixture(autouse=True, scope="module")
+def release_compiled_programs():
+    """Drop JAX's compiled programs after each test module. Every XLA CPU executable holds
+    memory mappings, and the suite compiles thousands of shapes: kept all session long they
+    reached the kernel's limit (vm.max_map_count, 65,530) and XLA crashed with a segmentation
+    fault in a later compile."""
+    yield
+    jax.clear_caches()

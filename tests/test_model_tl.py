@@ -62,11 +62,14 @@ def test_pattern_is_causal_and_normalised(ja_run):
 
 
 def test_final_residual_row_matches_tl_resid_post(ja_run, tl_run, tiny_model):
-    # Row n_layers of resid_pre is the final residual stream (TL: last block's hook_resid_post).
+    # Row n_layers of resid_pre is the final residual stream, which TL names the last
+    # block's hook_resid_post (blocks.{n_layers}.hook_resid_pre is no TL name: refused).
     last = tiny_model.cfg.n_layers
-    ours = np.asarray(ja_run[1].hook(f"blocks.{last}.hook_resid_pre"))
-    np.testing.assert_allclose(ours, tl_run[1][f"blocks.{last - 1}.hook_resid_post"],
-                               rtol=0, atol=ATOL)
+    want = tl_run[1][f"blocks.{last - 1}.hook_resid_post"]
+    np.testing.assert_allclose(np.asarray(ja_run[1].resid_pre[:, last]), want, rtol=0,
+                               atol=ATOL)
+    np.testing.assert_allclose(np.asarray(ja_run[1].hook(f"blocks.{last - 1}.hook_resid_post")),
+                               want, rtol=0, atol=ATOL)
 
 
 def test_cache_collects_only_named(tiny_model, tokens, tl_run):
