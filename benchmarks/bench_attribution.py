@@ -43,9 +43,9 @@ import torch
 
 import jaxablate
 from jaxablate import masks, metrics
-from jaxablate.attribution import attribute
-from jaxablate.reference import tl_from_hf
-from jaxablate.stats import spearman
+from jaxablate.screening.attribution import attribute
+from jaxablate.model.reference import tl_from_hf
+from jaxablate.study.stats import spearman
 
 from bench_sweep import (GPT2_SMALL, RESULTS_DIR, TINY, Timer, _fmt_s, compare,
                          evenly_spaced, heads_by_layer, jax_sweep, machine_info, make_hf_model,

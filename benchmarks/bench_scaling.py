@@ -55,8 +55,8 @@ def main(argv=None) -> int:
     import transformers
 
     import jaxablate as ja
-    from jaxablate.engine import planned_chunk_size
-    from jaxablate.reference import random_hf_model
+    from jaxablate.engine.sweeping import planned_chunk_size
+    from jaxablate.model.reference import random_hf_model
 
     from bench_sweep import RESULTS_DIR, machine_info
 

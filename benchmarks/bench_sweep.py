@@ -88,9 +88,9 @@ import transformers
 
 import jaxablate
 from jaxablate import masks, metrics
-from jaxablate.engine import planned_chunk_size
+from jaxablate.engine.sweeping import planned_chunk_size
 from jaxablate.machine import cpu_name
-from jaxablate.reference import random_hf_model, tl_from_hf
+from jaxablate.model.reference import random_hf_model, tl_from_hf
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 RESULTS_DIR = REPO_ROOT / "benchmarks" / "results"

@@ -7,7 +7,7 @@ numpy tensors under Hugging Face's names, written once per size to a temporary f
 (config.json + model.safetensors) and loaded from there by every method, through
 `jaxablate.load_gpt2` (jaxablate, and `TorchGPT2.load` for the PyTorch path) or
 `transformers.GPT2LMHeadModel.from_pretrained` (TransformerLens, built offline by
-`jaxablate.reference.tl_from_hf`). IOI-shaped prompts: `--prompts` (100) random prompts of
+`jaxablate.model.reference.tl_from_hf`). IOI-shaped prompts: `--prompts` (100) random prompts of
 16 tokens, mean ablation of each head's z towards its per-position mean over a separate
 reference set of the same shape (IOI's "ABC" set), scored by the logit difference of a
 random correct/wrong id pair at the last position.
@@ -245,8 +245,8 @@ def worker_tl(spec: dict, prompts: dict) -> list[dict]:
     import torch
     import transformers
 
-    from jaxablate.config import GPT2Config
-    from jaxablate.reference import tl_from_hf
+    from jaxablate.model.config import GPT2Config
+    from jaxablate.model.reference import tl_from_hf
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
     hf = transformers.GPT2LMHeadModel.from_pretrained(spec["folder"],
@@ -359,7 +359,7 @@ def worker_jax(spec: dict, prompts: dict) -> list[dict]:
 
     import jaxablate as ja
     from jaxablate import metrics
-    from jaxablate.engine import planned_chunk_size
+    from jaxablate.engine.sweeping import planned_chunk_size
 
     metric = metrics.logit_diff(prompts["correct"], prompts["wrong"])
     out = []

@@ -6,28 +6,36 @@ Example:
     >>> logits = ja.forward(model, tokens)                          # [batch, seq, vocab]
     >>> out = ja.sweep(model, tokens, ja.masks.single_heads(model.cfg),
     ...                ja.zero_replacement(model), ja.metrics.logit_diff(io, s))  # [144, batch]
+
+The package root only re-exports; the code lives in one wing per concept, dependencies
+flowing one way (docs/architecture.md): model -> ablation -> engine -> store / screening ->
+study -> report -> cli.
 """
 
-from jaxablate import masks, metrics, report, tasks
-from jaxablate.attribution import Attribution, attribute
-from jaxablate.components import Component, parse_component
-from jaxablate.config import GPT2Config
-from jaxablate.engine import NonFiniteMetricError, clean_metric, planned_chunk_size, sweep
+from jaxablate import report, tasks
+from jaxablate.ablation import masks, metrics
+from jaxablate.ablation.components import Component, parse_component
+from jaxablate.ablation.masks import MaskSet
+from jaxablate.ablation.replacements import mean_replacement, resample_replacement, zero_replacement
+from jaxablate.engine.sweeping import NonFiniteMetricError, clean_metric, planned_chunk_size
 from jaxablate.errors import InputError, InputTypeError
-from jaxablate.forward import Cache, attach_sae, forward, run_with_cache
-from jaxablate.loading import load_gpt2
-from jaxablate.mask import Mask
-from jaxablate.masks import MaskSet
-from jaxablate.model import GPT2
-from jaxablate.patterns import AttentionScores, attention_scores
-from jaxablate.replacement import Replacement
-from jaxablate.replacements import mean_replacement, resample_replacement, zero_replacement
-from jaxablate.sae import SAE
-from jaxablate.saving import save_gpt2
-from jaxablate.store import ResultsStore, StoreMismatchError
-from jaxablate.study import Study, StudyResult
+from jaxablate.model.batched import Cache, attach_sae, forward, run_with_cache
+from jaxablate.model.config import GPT2Config
+from jaxablate.model.gpt2 import GPT2
+from jaxablate.model.loading import load_gpt2
+from jaxablate.model.mask import Mask
+from jaxablate.model.replacement import Replacement
+from jaxablate.model.sae import SAE
+from jaxablate.model.saving import save_gpt2
+from jaxablate.model.tokenizer import load_tokenizer
+from jaxablate.screening.attribution import Attribution, attribute
+from jaxablate.screening.patterns import AttentionScores, attention_scores
+from jaxablate.store.front import sweep
+from jaxablate.store.results import ResultsStore, StoreMismatchError
+from jaxablate.study.protocol import Study
+from jaxablate.study.result import StudyResult
 from jaxablate.tasks import Task
-from jaxablate.tokenizer import load_tokenizer
+from jaxablate.version import VERSION
 
 __all__ = [
     "Attribution",
@@ -68,4 +76,4 @@ __all__ = [
     "tasks",
     "zero_replacement",
 ]
-__version__ = "0.1.0"
+__version__ = VERSION

@@ -10,15 +10,17 @@ promotion raises, and dtype promotion is strict (no silent float32 + bfloat16 ->
 
 from __future__ import annotations
 
+import contextlib
+import importlib
 from pathlib import Path
 
 import jax
 import pytest
 
 # Test modules import these from conftest; they live in the package so the benchmark shares them.
-from jaxablate.reference import random_hf_model as make_hf_model  # noqa: F401
-from jaxablate.reference import tl_from_hf  # noqa: F401
-from jaxablate.tokenizer import BUNDLED_DIR as BUNDLED_TOKENIZER_DIR
+from jaxablate.model.reference import random_hf_model as make_hf_model  # noqa: F401
+from jaxablate.model.reference import tl_from_hf  # noqa: F401
+from jaxablate.model.tokenizer import GPT2_TOKENIZER_DIR as BUNDLED_TOKENIZER_DIR
 
 jax.config.update("jax_numpy_rank_promotion", "raise")
 jax.config.update("jax_numpy_dtype_promotion", "strict")
@@ -117,7 +119,7 @@ def no_persistent_compilation_cache():
     """In-process CLI runs must not turn on JAX's persistent compilation cache for the rest of
     the test session (a process-wide setting, pointed at the user's ~/.cache): the CLI's
     switch is replaced here, and `test_cli_errors.py` checks the real one in a subprocess."""
-    from jaxablate import cli_study
+    from jaxablate.cli import run as cli_study
 
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(cli_study, "_enable_compilation_cache", lambda: None)
@@ -132,3 +134,21 @@ def release_compiled_programs():
     fault in a later compile."""
     yield
     jax.clear_caches()
+
+
+@contextlib.contextmanager
+def nothing_compiles():
+    """Reaching any jitted entry point of the engine or the forward pass fails the test:
+    bad input must be refused on the host first."""
+    engine = importlib.import_module("jaxablate.engine.sweeping")
+    forward = importlib.import_module("jaxablate.model.batched")
+
+    def forbidden(*args, **kwargs):
+        raise AssertionError("a jitted function was reached: the input was not checked first")
+
+    with pytest.MonkeyPatch.context() as mp:
+        for module, name in ((engine, "_run_chunk"), (engine, "_clean_pass"),
+                             (engine, "_run_trajectories"), (forward, "_forward")):
+            mp.setattr(module, name, forbidden)
+        yield
+

@@ -14,8 +14,8 @@ import pytest
 
 import jaxablate
 from jaxablate import metrics
-from jaxablate import attribution as attribution_lib
-from jaxablate.attribution import Attribution, attribute
+from jaxablate.screening import attribution as attribution_lib
+from jaxablate.screening.attribution import Attribution, attribute
 
 BATCH, SEQ = 3, 7
 

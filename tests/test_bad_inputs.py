@@ -13,7 +13,6 @@ test_tokens.py, test_store.py); this table is the one place that lists them all.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import importlib
 import json
@@ -29,16 +28,16 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 import safetensors.numpy
-from conftest import TOKENIZER_DIR, make_hf_model, tiny_hf_config
+from conftest import nothing_compiles, TOKENIZER_DIR, make_hf_model, tiny_hf_config
 
 import jaxablate as ja
 from jaxablate import Mask, Replacement, masks, metrics
-from jaxablate import store as store_lib
-from jaxablate.cli import main
+from jaxablate.store import results as store_lib
+from jaxablate.cli.command import main
 
 BATCH, SEQ = 3, 8
-engine = importlib.import_module("jaxablate.engine")
-forward = importlib.import_module("jaxablate.forward")
+engine = importlib.import_module("jaxablate.engine.sweeping")
+forward = importlib.import_module("jaxablate.model.batched")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -163,7 +162,7 @@ CASES = [
         "position 7 \\(the last\\) has no next token", "no next token"),
     # -- sweep settings and the results store -------------------------------------------------
     Api("chunk-size-zero", lambda c: sweep(c, chunk_size=0),
-        "chunk_size must be a positive int, got 0", "positive int"),
+        "chunk_size must be an int >= 1, got 0", r"an int >= 1"),
     Api("chunk-size-out-of-memory", lambda c: sweep(c, chunk_size=10**9),
         r"chunk_size 1000000000 needs about .* TiB of activations .* more than the .* GiB of "
         r"the memory of this CPU device", r"pass chunk_size <= \d+, or leave it out"),
@@ -257,19 +256,6 @@ def test_the_table_has_25_or_more_distinct_bad_inputs():
     names = [case.name for case in CASES]
     assert len(names) == len(set(names)) >= 25
     assert sum(isinstance(c, Cli) for c in CASES) >= 8
-
-
-@contextlib.contextmanager
-def nothing_compiles():
-    """Any jitted entry point of the engine or the forward pass fails the test."""
-    def forbidden(*args, **kwargs):
-        raise AssertionError("a jitted function was reached: the input was not checked first")
-
-    with pytest.MonkeyPatch.context() as mp:
-        for module, name in ((engine, "_run_chunk"), (engine, "_clean_pass"),
-                             (engine, "_run_trajectories"), (forward, "_forward")):
-            mp.setattr(module, name, forbidden)
-        yield
 
 
 @pytest.mark.parametrize("case", CASES, ids=lambda case: case.name)

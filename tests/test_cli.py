@@ -14,10 +14,11 @@ import pytest
 from test_report import BASELINE, synthetic_result
 
 import jaxablate
-from jaxablate import report
-from jaxablate.cli import ProgressBars, main
+from jaxablate.report import files as report
+from jaxablate.cli.command import main
+from jaxablate.cli.run import ProgressBars
 from jaxablate.errors import InputError
-from jaxablate.report import REPORT_MARKER, write_report
+from jaxablate.report.files import REPORT_MARKER, write_report
 
 STUDY_OPTIONS = ("--model", "--task", "--prompts", "--tokenizer", "--template", "--n-prompts",
                  "--ablation", "--components", "--neuron-layers", "--seed", "--threshold",
@@ -90,9 +91,9 @@ def write_prompts(path):
 @pytest.fixture
 def fake_study(monkeypatch):
     """Put FakeStudy where the CLI imports Study from."""
-    module = types.ModuleType("jaxablate.study")
+    module = types.ModuleType("jaxablate.study.protocol")
     module.Study = FakeStudy
-    monkeypatch.setitem(sys.modules, "jaxablate.study", module)
+    monkeypatch.setitem(sys.modules, "jaxablate.study.protocol", module)
     FakeStudy.calls = []
     return FakeStudy
 
@@ -232,7 +233,7 @@ def test_progress_bars_restart_per_sweep(capsys):
 
 
 def test_end_to_end_on_the_tiny_model(tmp_path, tiny_dir, capsys):
-    pytest.importorskip("jaxablate.study")
+    pytest.importorskip("jaxablate.study.protocol")
     out = tmp_path / "report"
     argv = ["study", "--model", str(tiny_dir), "--task", "induction", "--n-prompts", "8",
             "--out", str(out), "--json", "--quiet", "--no-cache"]
@@ -254,7 +255,7 @@ def test_end_to_end_on_the_tiny_model(tmp_path, tiny_dir, capsys):
 
 
 def test_end_to_end_on_your_own_prompts(tmp_path, gpt2_vocab_dir, tokenizer_dir, capsys):
-    pytest.importorskip("jaxablate.study")
+    pytest.importorskip("jaxablate.study.protocol")
     out = tmp_path / "report"
     argv = ["study", "--model", str(gpt2_vocab_dir), "--prompts",
             str(write_prompts(tmp_path / "p.jsonl")), "--tokenizer", str(tokenizer_dir),
@@ -490,9 +491,8 @@ def test_the_options_fingerprint_is_the_real_studys(options, tmp_path, gpt2_voca
                                                     tokenizer_dir, monkeypatch):
     """The --out check compares the options' settings with a report's before anything loads:
     they must be what the real Study records in its meta for the same options."""
-    from jaxablate.cli import build_parser
-    from jaxablate.cli_study import settings_from_options
-    from jaxablate.report import fingerprint_differences, report_fingerprint
+    from jaxablate.cli.options import build_parser, settings_from_options
+    from jaxablate.report.files import fingerprint_differences, report_fingerprint
 
     class Stop(Exception):
         pass
@@ -500,7 +500,7 @@ def test_the_options_fingerprint_is_the_real_studys(options, tmp_path, gpt2_voca
     def run(self, **kwargs):
         raise Stop(self.meta())
 
-    monkeypatch.setattr(sys.modules["jaxablate.study"].Study, "run", run)
+    monkeypatch.setattr(sys.modules["jaxablate.study.protocol"].Study, "run", run)
     where = {"tokenizer": tokenizer_dir, "prompts": write_prompts(tmp_path / "p.jsonl")}
     argv = ["study", "--model", str(gpt2_vocab_dir), *(a.format(**where) for a in options),
             "--out", str(tmp_path / "out"), "--quiet", "--no-cache"]

@@ -14,13 +14,14 @@ import numpy as np
 import pytest
 
 import jaxablate
-from jaxablate import cli_study, loading, tokenizer
-from jaxablate.cli import main
-from jaxablate.engine import NonFiniteMetricError
+from jaxablate.cli import options as cli_options
+from jaxablate.model import loading, tokenizer
+from jaxablate.cli.command import main
+from jaxablate.engine.sweeping import NonFiniteMetricError
 from jaxablate.errors import InputError
 
 PACKAGE_PARENT = Path(jaxablate.__file__).resolve().parent.parent
-study_module = sys.modules["jaxablate.study"]  # the real one (test_cli's fixture swaps it)
+study_module = sys.modules["jaxablate.study.protocol"]  # the real one (test_cli's fixture swaps it)
 
 
 def one_line_error(capsys) -> str:
@@ -81,10 +82,10 @@ def test_a_bug_inside_the_study_propagates_from_main(error, tmp_path, monkeypatc
 
 def test_a_bug_inside_exits_1_with_its_traceback_as_a_process(tmp_path):
     done = run_cli_process(study_argv(tmp_path), code="""
-        import jaxablate.study
+        import jaxablate.study.protocol
         def broken(*args, **kwargs):
             raise ValueError("bug deep inside")
-        jaxablate.study.clean_metric = broken
+        jaxablate.study.protocol.clean_metric = broken
         """)
     assert done.returncode == 1, (done.returncode, done.stderr)
     assert "Traceback" in done.stderr and "ValueError: bug deep inside" in done.stderr
@@ -146,7 +147,7 @@ def test_an_unreadable_prompts_file_is_refused_up_front(tmp_path, nothing_loads,
     def denied(file, *args, **kwargs):  # what chmod 0 gives (except to root, who runs CI)
         raise PermissionError(13, "Permission denied", str(file))
 
-    monkeypatch.setattr(cli_study, "open", denied, raising=False)
+    monkeypatch.setattr(cli_options, "open", denied, raising=False)
     assert main(["study", "--prompts", str(path), "--out", str(tmp_path / "out")]) == 2
     err = one_line_error(capsys)
     assert "--prompts: cannot read" in err and "(Permission denied)" in err, err

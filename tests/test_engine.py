@@ -26,7 +26,7 @@ import torch
 
 import jaxablate
 from jaxablate import Component, GPT2Config, Mask, masks, metrics, parse_component
-from jaxablate.mask import KINDS
+from jaxablate.model.mask import MASK_KINDS as KINDS
 
 ENGINE_ATOL = 1e-5  # float32 rounding between two compiled programs (see module docstring)
 TL_ATOL = 1e-4  # against TransformerLens, as in test_engine_tl.py
@@ -361,25 +361,23 @@ def test_loss_reads_every_position_whatever_the_batch(tiny_model):
 
 @pytest.fixture
 def trace_counter(monkeypatch):
-    """Counts traces of the per-mask programs: `GPT2.resume` (and `GPT2.trajectory`, the
-    shared-parent pass of multi-layer masks) run in Python only while the engine's jitted
-    functions are traced, never when a compiled program is reused."""
-    from jaxablate import engine
-    from jaxablate.model import GPT2
+    """Counts traces of the per-mask programs: `resume` (and `trajectory`, the shared-parent
+    pass of multi-layer masks) run in Python only while the engine's jitted functions are
+    traced, never when a compiled program is reused."""
+    from jaxablate.engine import sweeping as engine
 
     count = {"resume": 0, "trajectory": 0}
 
     def counting(name):
-        original = getattr(GPT2, name)
+        original = getattr(engine, name)
 
-        def wrapper(self, *args, **kwargs):
+        def wrapper(*args, **kwargs):
             count[name] += 1
-            return original(self, *args, **kwargs)
+            return original(*args, **kwargs)
         return wrapper
 
     for name in count:
-        if hasattr(GPT2, name):
-            monkeypatch.setattr(GPT2, name, counting(name))
+        monkeypatch.setattr(engine, name, counting(name))
     for name in ("_run_chunk", "_run_trajectories"):
         if hasattr(engine, name):
             getattr(engine, name)._cached.clear_cache()
@@ -388,7 +386,7 @@ def trace_counter(monkeypatch):
 
 def test_no_recompilation_across_masks_chunks_and_groups(tiny_model, data, replacements,
                                                          trace_counter):
-    from jaxablate.engine import _run_chunk
+    from jaxablate.engine.sweeping import _run_chunk
 
     tokens, _, correct, wrong = data
     metric = metrics.logit_diff(correct, wrong)

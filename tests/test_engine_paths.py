@@ -32,9 +32,9 @@ from hypothesis import strategies as st
 
 import jaxablate
 from jaxablate import GPT2Config, masks, metrics
-from jaxablate import engine as engine_lib
-from jaxablate.masks import MaskSet
-from jaxablate.components import parse_component
+from jaxablate.engine import sweeping as engine_lib
+from jaxablate.ablation.masks import MaskSet
+from jaxablate.ablation.components import parse_component
 
 from test_engine_properties import random_model, random_replacement
 
@@ -154,7 +154,8 @@ def setup(request):
     wrong = (correct + rng.integers(1, cfg.d_vocab, BATCH)) % cfg.d_vocab
     repl = {"random": random_replacement(cfg, SEQ, rng),
             "resample": jaxablate.resample_replacement(model, tokens, jax.random.key(1))}
-    return cfg, model, tokens, correct, wrong, repl
+    yield cfg, model, tokens, correct, wrong, repl
+    jax.clear_caches()  # each config compiles its own programs (see conftest)
 
 
 def check(setup, monkeypatch, mask_set, repl_name, metric_name, chunk_size, expect):

@@ -21,7 +21,7 @@ from hypothesis.extra import numpy as hnp
 
 import jaxablate
 from jaxablate import GPT2Config, Mask, Replacement, masks, metrics
-from jaxablate.loading import model_from_arrays
+from jaxablate.model.loading import model_from_arrays
 
 ATOL = 1e-5  # float32 rounding between two compiled programs
 BATCH = 2

@@ -23,8 +23,8 @@ from jaxablate import Mask, Replacement, masks, metrics, parse_component
 SEQ = 8
 BATCH = 3
 
-engine_module = importlib.import_module("jaxablate.engine")
-forward_module = importlib.import_module("jaxablate.forward")
+engine_module = importlib.import_module("jaxablate.engine.sweeping")
+forward_module = importlib.import_module("jaxablate.model.batched")
 
 
 @contextlib.contextmanager
@@ -338,7 +338,7 @@ def test_metric_positions(tiny_model, cfg, tokens, zero, metric, pattern):
 
 @pytest.mark.parametrize("chunk_size", [0, -1])
 def test_chunk_size(tiny_model, cfg, tokens, zero, metric, chunk_size):
-    with refused(ValueError, "chunk_size must be a positive int"):
+    with refused(ValueError, "chunk_size must be an int >= 1"):
         jaxablate.sweep(tiny_model, tokens, masks.single_heads(cfg), zero, metric,
                         chunk_size=chunk_size)
 

@@ -6,8 +6,6 @@ for another that only looks the same.
 
 from __future__ import annotations
 
-import contextlib
-import importlib
 
 import jax
 import jax.numpy as jnp
@@ -15,27 +13,13 @@ import numpy as np
 import pytest
 
 import jaxablate as ja
-from jaxablate import engine, masks, metrics
+from conftest import nothing_compiles
+from jaxablate import masks, metrics
 from jaxablate.errors import InputError, InputTypeError
-from jaxablate.metrics import Metric
-from jaxablate.store_digest import metric_digest, model_digest
-
-forward = importlib.import_module("jaxablate.forward")  # the module, not ja.forward
+from jaxablate.ablation.metrics import Metric
+from jaxablate.store.digest import metric_digest, model_digest
 
 SEQ = 6
-
-
-@contextlib.contextmanager
-def nothing_compiles():
-    """Any jitted entry point of the engine or the forward pass fails the test."""
-    def forbidden(*args, **kwargs):
-        raise AssertionError("a jitted function was reached: the input was not checked first")
-
-    with pytest.MonkeyPatch.context() as mp:
-        for module, name in ((engine, "_run_chunk"), (engine, "_clean_pass"),
-                             (engine, "_run_trajectories"), (forward, "_forward")):
-            mp.setattr(module, name, forbidden)
-        yield
 
 
 @pytest.fixture(scope="module")

@@ -22,7 +22,7 @@ pytest.importorskip("triton")
 
 import jaxablate as ja  # noqa: E402
 import jaxablate_kernels as jk  # noqa: E402
-from jaxablate.metrics import vocab_columns  # noqa: E402
+from jaxablate.ablation.metrics import vocab_columns  # noqa: E402
 from jaxablate_kernels.torch_sweep import dense_keep  # noqa: E402
 
 CUDA = torch.cuda.is_available()

@@ -320,7 +320,7 @@ def test_hub_id_downloads_safetensors_only_and_loads(tiny_dir, tiny_model, monke
 def test_hub_failure_is_one_line_value_error(monkeypatch):
     import huggingface_hub
 
-    from jaxablate import hub
+    from jaxablate.model import hub
 
     def failing(repo_id, **kwargs):
         raise OSError("not in the cache" if kwargs.get("local_files_only") else "we are offline")

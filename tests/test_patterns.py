@@ -11,8 +11,8 @@ import torch
 
 import jaxablate
 from conftest import make_hf_model, tiny_hf_config
-from jaxablate import patterns
-from jaxablate.patterns import KINDS, AttentionScores, attention_scores, scores_from_patterns
+from jaxablate.screening import patterns
+from jaxablate.screening.patterns import PATTERN_KINDS as KINDS, AttentionScores, attention_scores, scores_from_patterns
 
 # float32 patterns against HF eager: both are softmaxes of the same logits; 1e-5 is the contract.
 ATOL = 1e-5
@@ -268,7 +268,7 @@ def test_top_orders_heads_by_score_with_names():
     assert scores.top("duplicate_token", 2) == ["0.0", "0.1"]
     with pytest.raises(ValueError, match="kind: expected one of"):
         scores.top("copying", 2)
-    with pytest.raises(ValueError, match="k: expected a positive int"):
+    with pytest.raises(ValueError, match="k must be an int >= 1"):
         scores.top("induction", 0)
 
 
@@ -307,7 +307,7 @@ def test_bad_tokens_raise_before_compiling(hf_and_model, monkeypatch, tokens, me
 def test_bad_chunk_size_and_model_raise(hf_and_model, monkeypatch):
     monkeypatch.setattr(patterns, "run_with_cache", never)
     monkeypatch.setattr(patterns, "_masses_jit", never)
-    with pytest.raises(ValueError, match="chunk_size: expected a positive int"):
+    with pytest.raises(ValueError, match="chunk_size must be an int >= 1"):
         attention_scores(hf_and_model[1], np.zeros((2, 4), np.int32), chunk_size=0)
     # TypeError from validate_call, or earlier from the runtime type checker under pytest.
     with pytest.raises(TypeError):

@@ -33,7 +33,7 @@ from test_engine_properties import (ATOL, BATCH, draw_masks, random_model, rando
 
 import jaxablate
 from jaxablate import Mask, Replacement, masks, metrics
-from jaxablate.store import ResultsStore, StoreWarning
+from jaxablate.store.results import ResultsStore, StoreWarning
 
 SETTINGS = settings(max_examples=6, deadline=None, database=None,
                     suppress_health_check=[HealthCheck.too_slow,

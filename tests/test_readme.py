@@ -6,7 +6,7 @@ directory (files the examples write stay out of the repo), offline: HF_HUB_OFFLI
 and opening a network connection raises.
 
 A block whose first line is `# needs the Hugging Face hub` runs with a substitute model:
-while it runs, `jaxablate.load_gpt2` (and `jaxablate.loading.load_gpt2`) given a hub id
+while it runs, `jaxablate.load_gpt2` (and `jaxablate.model.loading.load_gpt2`) given a hub id
 returns a small random-weight GPT-2 with GPT-2's own 50,257-token vocabulary (so the real
 tokenizer's ids fit), built offline. Shapes in the README's comments describe GPT-2 small;
 with the substitute they are smaller, the code is the same. A block without the mark that
@@ -30,8 +30,8 @@ from pathlib import Path
 import pytest
 
 import jaxablate
-import jaxablate.loading
-from jaxablate.reference import random_hf_model
+import jaxablate.model.loading
+from jaxablate.model.reference import random_hf_model
 
 README = Path(__file__).resolve().parent.parent / "README.md"
 HUB_MARK = "# needs the Hugging Face hub"
@@ -148,7 +148,7 @@ class Runner:
         self.failed: tuple[Block, str] | None = None
 
     def _loader(self, block: Block, substituted: list[str]):
-        real = jaxablate.loading.load_gpt2
+        real = jaxablate.model.loading.load_gpt2
 
         def load_gpt2(source, *args, **kwargs):
             if _is_hub_id(source):
@@ -168,7 +168,7 @@ class Runner:
         code = compile("\n" * (block.line - 1) + block.code, str(README), "exec")
         with _offline(), contextlib.chdir(self.workdir), pytest.MonkeyPatch.context() as mp:
             mp.setattr(jaxablate, "load_gpt2", loader)
-            mp.setattr(jaxablate.loading, "load_gpt2", loader)
+            mp.setattr(jaxablate.model.loading, "load_gpt2", loader)
             try:
                 exec(code, self.namespace)  # noqa: S102 - the README's own examples
             finally:

@@ -9,8 +9,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from jaxablate import plots
-from jaxablate.report import summary_markdown, write_report
+from jaxablate.report import plots
+from jaxablate.report.files import summary_markdown, write_report
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 # The baseline and the headline numbers, chosen to print exactly under 4 significant digits.

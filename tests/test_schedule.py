@@ -6,8 +6,9 @@ import numpy as np
 import pytest
 
 import jaxablate
-from jaxablate import masks, metrics, schedule
-from jaxablate.config import GPT2Config
+from jaxablate import masks, metrics
+from jaxablate.engine import schedule
+from jaxablate.model.config import GPT2Config
 
 
 @pytest.fixture

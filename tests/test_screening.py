@@ -10,11 +10,11 @@ import pytest
 
 import jaxablate
 from jaxablate import metrics, zoo
-from jaxablate.attribution import attribute
-from jaxablate.report import write_report
-from jaxablate.screening import FAIL_RELATIVE
-from jaxablate.stats import spearman
-from jaxablate.study import Study
+from jaxablate.screening.attribution import attribute
+from jaxablate.report.files import write_report
+from jaxablate.study.screen import FAIL_RELATIVE
+from jaxablate.study.stats import spearman
+from jaxablate.study.protocol import Study
 from jaxablate.tasks.induction import induction
 
 
@@ -64,7 +64,7 @@ def test_ig_estimates_sum_to_the_joint_ablation(bundled_study):
     # study computes independently by an exact sweep.
     section = bundled_study.screen("ig", 16, top_k=2)
     joint = -(bundled_study.baseline()["mean"]
-              - bundled_study._all_ablated("mean").mean())  # loss: + = the heads help
+              - bundled_study.all_ablated("mean").mean())  # loss: + = the heads help
     assert sum(section["estimated_effect"]) == pytest.approx(joint, abs=5e-3 * abs(joint))
     assert section["completeness"]["effect_all_ablated"] == pytest.approx(joint, rel=1e-4)
 
@@ -128,13 +128,13 @@ def test_neuron_subset_path_and_resample_draws(tiny_model, ld_setup):
                   n_bootstrap=100)
     section = study.screen("ig", 16, top_k=4)
     assert len(section["components"]) == tiny_model.cfg.d_mlp
-    draws = study._replacements("resample")
+    draws = study.replacements("resample")
     estimates = [-attribute(tiny_model, tokens, r, metric, "ig", kinds=("neurons",), steps=16,
                             components=study.names).per_example(study.names).mean(1)
                  for r in draws]
     np.testing.assert_allclose(section["estimated_effect"], np.mean(estimates, axis=0), rtol=1e-5,
                                atol=1e-6)
-    joint = study.baseline()["mean"] - study._all_ablated("resample").mean()
+    joint = study.baseline()["mean"] - study.all_ablated("resample").mean()
     assert sum(section["estimated_effect"]) == pytest.approx(joint, abs=2e-3 * max(1.0, abs(joint)))
 
 

@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 
 import jaxablate
-from jaxablate.sharding import placement
+from jaxablate.engine.sharding import placement
 
 PACKAGE_PARENT = Path(jaxablate.__file__).resolve().parent.parent
 
@@ -31,7 +31,7 @@ import numpy as np
 import jax
 import transformers
 import jaxablate as ja
-from jaxablate.reference import random_hf_model
+from jaxablate.model.reference import random_hf_model
 
 config = transformers.GPT2Config(n_layer=3, n_head=4, n_embd=32, vocab_size=101,
                                  n_positions=64, resid_pdrop=0.0, embd_pdrop=0.0,
@@ -66,7 +66,7 @@ def finish(child: subprocess.Popen, timeout: int = 300) -> dict:
 
 def test_four_devices_equal_one():
     code = SETUP + """
-import jaxablate.engine as engine
+import jaxablate.engine.sweeping as engine
 assert len(jax.devices()) == 4, jax.devices()
 spans = []  # how many devices each chunk's result is spread over
 run_chunk = engine._run_chunk

@@ -28,9 +28,9 @@ import numpy as np
 import pytest
 
 import jaxablate as ja
-from jaxablate import store as store_lib
-from jaxablate.cli import main
-from jaxablate.store import ResultsStore, StoreMismatchError, StoreWarning
+from jaxablate.store import results as store_lib
+from jaxablate.cli.command import main
+from jaxablate.store.results import ResultsStore, StoreMismatchError, StoreWarning
 
 PACKAGE_PARENT = Path(ja.__file__).resolve().parent.parent
 PER_FILE, CHUNK = 4, 2
@@ -118,7 +118,7 @@ SWEEP_SCRIPT = """
     import sys, time
     import numpy as np
     import jaxablate as ja
-    from jaxablate.store import ResultsStore
+    from jaxablate.store.results import ResultsStore
 
     model_dir, folder, result, delay = sys.argv[1], sys.argv[2], sys.argv[3], float(sys.argv[4])
     model = ja.load_gpt2(model_dir)
@@ -257,8 +257,8 @@ def test_package_versions_are_part_of_the_manifest(setup, tmp_path, monkeypatch)
     assert manifest["inputs"]["versions"]["jax"] == jax.__version__
     assert manifest["inputs"]["platform"] == "cpu" and manifest["inputs"]["batch"] == 4
     assert manifest["about"]["first_masks"][:2] == ["0.0", "0.1"]
-    real = store_lib._versions
-    monkeypatch.setattr(store_lib, "_versions", lambda: {**real(), "jax": "0.0.1"})
+    real = store_lib.versions
+    monkeypatch.setattr(store_lib, "versions", lambda: {**real(), "jax": "0.0.1"})
     with pytest.raises(StoreMismatchError, match=f"jax {jax.__version__} there, 0.0.1 now"):
         stored(setup, tmp_path)
 
@@ -330,14 +330,14 @@ def test_non_finite_metric_names_the_masks_and_keeps_the_files(setup, tmp_path):
 
 CLI_SCRIPT = """
     import sys, time
-    from jaxablate import store
-    from jaxablate.cli import main
+    from jaxablate.store import results as store
+    from jaxablate.cli.command import main
 
-    commit = store.ResultsStore._commit
-    def slow_commit(self, *args):
-        commit(self, *args)
+    commit = store.write_chunk
+    def slow_commit(*args):
+        commit(*args)
         time.sleep(0.3)
-    store.ResultsStore._commit = slow_commit
+    store.write_chunk = slow_commit
     sys.exit(main(sys.argv[1:]))
 """
 

@@ -28,9 +28,9 @@ import pytest
 
 import jaxablate
 from jaxablate import Mask, metrics
-from jaxablate import stats
-from jaxablate import study as study_lib
-from jaxablate.study import Study
+from jaxablate.study import stats
+from jaxablate.study import protocol as study_lib
+from jaxablate.study.protocol import Study
 
 ENGINE_ATOL = 1e-5
 N_BOOT = 400
@@ -283,7 +283,7 @@ def test_minimal_circuit_matches_direct_forwards(result, induction_study, induct
 
 
 def test_greedy_circuit_is_one_sweep_per_step(ld_study, ld_direct, tiny_model, monkeypatch):
-    ld_study._all_ablated("zero")  # computed (and cached) before counting
+    ld_study.all_ablated("zero")  # computed (and cached) before counting
     calls = []
     real = study_lib.sweep
 
@@ -348,14 +348,14 @@ def test_minimality_is_not_decided_by_float_noise(ld_study, monkeypatch):
     base = float(ld_study.baseline()["mean"])
     floor = circuit["metric_all_ablated"]
     noisy = circuit["metric_circuit"] - 1e-7 * (base - floor)
-    real = ld_study._sweep
+    real = ld_study.sweep_sets
 
     def sweep(sets, ablation, step, *args, **kwargs):
         if step != "minimality":
             return real(sets, ablation, step, *args, **kwargs)
         return np.full((1, len(sets), len(ld_study.tokens)), noisy)
 
-    monkeypatch.setattr(ld_study, "_sweep", sweep)
+    monkeypatch.setattr(ld_study, "sweep_sets", sweep)
     again = ld_study.minimal_circuit(0.9)
     assert again["members"] == circuit["members"]
     assert all(m["recovered_without"] < again["faithfulness"] for m in again["minimality"])
@@ -541,14 +541,14 @@ def test_mlps_and_neurons_with_a_logit_difference(tiny_model, ld_setup, ld_direc
         "mlp", 1, None)
     assert (records["n1.77"]["kind"], records["n1.77"]["layer"], records["n1.77"]["index"]) == (
         "neuron", 1, 77)
-    assert study.default_top_k() == 20
+    assert study.default_interaction_top_k() == 20
     assert seen and seen[-1] == ("single", len(study.names), len(study.names))
 
 
 def test_kl_threshold_falls_back_to_the_all_ablated_gap(tiny_model, ld_setup):
     study = Study(tiny_model, tokens=ld_setup[0], metric=metrics.kl_to_clean(),
                   ablation="zero", n_bootstrap=50)
-    gap = abs(study._all_ablated("zero").mean() - study.baseline()["mean"])
+    gap = abs(study.all_ablated("zero").mean() - study.baseline()["mean"])
     assert abs(study.baseline()["mean"]) < 1e-6
     assert study.threshold == pytest.approx(0.1 * gap) and study.threshold > 0
     assert "all studied components ablated" in study.threshold_rule

@@ -199,11 +199,11 @@ def test_one_prompt_works(tokenizer):
 
 
 @pytest.mark.parametrize("kwargs, message", [
-    (dict(template=30), r"template must be in \[0, 29\], got 30"),
-    (dict(template=-1), r"template must be in \[0, 29\], got -1"),
-    (dict(n_prompts=0), r"n_prompts must be >= 1, got 0"),
-    (dict(n_reference=0), r"n_reference must be >= 1, got 0"),
-    (dict(seed=-3), r"seed must be >= 0, got -3"),
+    (dict(template=30), r"template must be an int in \[0, 29\], got 30"),
+    (dict(template=-1), r"template must be an int in \[0, 29\], got -1"),
+    (dict(n_prompts=0), r"n_prompts must be an int >= 1, got 0"),
+    (dict(n_reference=0), r"n_reference must be an int >= 1, got 0"),
+    (dict(seed=-3), r"seed must be an int >= 0, got -3"),
 ])
 def test_bad_arguments(tokenizer, kwargs, message):
     kwargs = {"n_prompts": 4, **kwargs}

@@ -15,7 +15,7 @@ import pytest
 import jaxablate
 from jaxablate import GPT2Config, Mask, Replacement
 
-forward_module = importlib.import_module("jaxablate.forward")
+forward_module = importlib.import_module("jaxablate.model.batched")
 
 
 @pytest.fixture

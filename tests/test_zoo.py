@@ -13,7 +13,7 @@ import transformers
 
 import jaxablate
 from jaxablate import masks, metrics, zoo
-from jaxablate.saving import save_gpt2
+from jaxablate.model.saving import save_gpt2
 from jaxablate.tasks.induction import induction
 from conftest import tl_from_hf
 
@@ -160,7 +160,7 @@ def test_training_script_smoke(tmp_path):
 
 
 def test_main_command_ranks_the_bundled_circuit_first(card, capsys):
-    from jaxablate.__main__ import main
+    from jaxablate.cli.rank import main
 
     assert main(["--prompts", "32"]) == 0
     out = capsys.readouterr().out
@@ -179,7 +179,7 @@ def test_study_command_on_the_bundled_model(card, model, tmp_path, capsys):
     report folder whose numbers equal a direct sweep's."""
     import pandas as pd
 
-    from jaxablate.cli import main
+    from jaxablate.cli.command import main
 
     out = tmp_path / "report"
     assert main(["study", "--out", str(out), "--quiet", "--no-cache"]) == 0

@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 from jaxtyping import Int
 
-from jaxablate.metrics import Metric
+from jaxablate.ablation.metrics import Metric
 
 
 @dataclasses.dataclass(frozen=True)

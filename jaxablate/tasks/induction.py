@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from jaxablate import metrics
+from jaxablate.ablation import metrics
 from jaxablate.errors import InputError
 from jaxablate.tasks.base import Task
 
@@ -23,6 +23,21 @@ def repeated_tokens(rng: np.random.Generator, n: int, half: int, vocab: int,
                          f"least {half} ids, got [{low}, {vocab})")
     first = np.stack([rng.choice(np.arange(low, vocab), half, replace=False) for _ in range(n)])
     return np.concatenate([first, first], axis=1).astype(np.int32)
+
+
+GPT2_END_OF_TEXT = 50256  # GPT-2's <|endoftext|>, the last id of its 50,257
+
+
+def induction_vocab(d_vocab: int) -> int:
+    """The token ids an induction task should draw from for a model of `d_vocab` ids: all of
+    them, except GPT-2's end-of-text id with GPT-2's own vocabulary (a document boundary in
+    the middle of a sequence would be a different task).
+
+    Example:
+        >>> induction_vocab(50257), induction_vocab(64)
+        (50256, 64)
+    """
+    return d_vocab if d_vocab <= GPT2_END_OF_TEXT else GPT2_END_OF_TEXT
 
 
 def induction(n_prompts: int = 64, *, half: int = 16, vocab: int = 50257, seed: int = 0,

@@ -18,15 +18,15 @@ labelled positions line up. `ioi_tasks` builds one task per template.
 
 from __future__ import annotations
 
-import numbers
 import re
 from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 
+from jaxablate.ablation.metrics import logit_diff
 from jaxablate.errors import InputError
-from jaxablate.metrics import logit_diff
+from jaxablate.model.validation import check_int
 from jaxablate.tasks.base import Task
 
 BABA_TEMPLATES: tuple[str, ...] = (
@@ -172,15 +172,6 @@ def _tokenize(tokenizer: Any, texts: Sequence[str], what: str) -> np.ndarray:
     return np.asarray(ids, np.int32)
 
 
-def _check_int(value: Any, name: str, low: int, high: int | None = None) -> int:
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        raise InputError(f"{name} must be an int, got {value!r}")
-    if value < low or (high is not None and value >= high):
-        bounds = f">= {low}" if high is None else f"in [{low}, {high - 1}]"
-        raise InputError(f"{name} must be {bounds}, got {value}")
-    return int(value)
-
-
 def ioi(tokenizer: Any, n_prompts: int = 64, *, template: int = 0, seed: int = 0,
         n_reference: int | None = None) -> Task:
     """IOI prompts from one template, with the "ABC" reference set for mean ablation.
@@ -209,11 +200,11 @@ def ioi(tokenizer: Any, n_prompts: int = 64, *, template: int = 0, seed: int = 0
         ...             mean_replacement(model, task.reference), task.metric)
     """
     templates = ioi_templates()
-    template = _check_int(template, "template", 0, len(templates))
-    n_prompts = _check_int(n_prompts, "n_prompts", 1)
-    n_reference = n_prompts if n_reference is None else _check_int(n_reference,
+    template = check_int(template, "template", 0, len(templates))
+    n_prompts = check_int(n_prompts, "n_prompts", 1)
+    n_reference = n_prompts if n_reference is None else check_int(n_reference,
                                                                      "n_reference", 1)
-    seed = _check_int(seed, "seed", 0)
+    seed = check_int(seed, "seed", 0)
     text = templates[template]
     if not text.endswith(_ANSWER):  # holds for all 30; guards an edited template list
         raise InputError(f"template {template} must end with the answer slot '{_ANSWER}'")

@@ -20,8 +20,8 @@ from typing import Any
 
 import numpy as np
 
+from jaxablate.ablation.metrics import logit_diff
 from jaxablate.errors import InputError
-from jaxablate.metrics import logit_diff
 from jaxablate.tasks.base import Task
 
 KEYS = ("prompt", "correct", "wrong")

@@ -10,29 +10,12 @@ model.safetensors) with a model card (README.md) and its figures as JSON (card.j
 from __future__ import annotations
 
 import json
-from pathlib import Path
 from typing import Any
 
-from jaxablate.errors import InputError
+# Where the files are is the model wing's business (it loads them); re-exported here.
+from jaxablate.model.bundled import BUNDLED, bundled_path
 
-BUNDLED = ("induction",)
-_HERE = Path(__file__).resolve().parent
-
-
-def bundled_path(name: str) -> Path:
-    """The folder of the bundled model `name`.
-
-    Example:
-        >>> bundled_path("induction").name
-        'induction'
-    """
-    if name not in BUNDLED:
-        raise InputError(f"no bundled model {name!r}; bundled models: {', '.join(BUNDLED)}")
-    folder = _HERE / name
-    if not (folder / "model.safetensors").is_file():
-        raise InputError(f"bundled model {name!r} is missing its weights in {folder} (a broken "
-                         "install?); retrain with python -m jaxablate.zoo.train_" + name)
-    return folder
+__all__ = ["BUNDLED", "bundled_path", "model_card"]
 
 
 def model_card(name: str) -> dict[str, Any]:

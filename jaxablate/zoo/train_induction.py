@@ -33,9 +33,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxablate.config import GPT2Config
 from jaxablate.machine import cpu_name
-from jaxablate.model import GPT2, Blocks
+from jaxablate.model.config import GPT2Config
+from jaxablate.model.gpt2 import GPT2, Blocks
 
 CONFIG = GPT2Config(n_layers=2, n_heads=2, d_model=64, d_mlp=256, d_vocab=64, n_ctx=64)
 SEQ_LEN = 48
@@ -126,8 +126,8 @@ def train(steps: int, batch: int, lr: float, seed: int, log_every: int = 250
 
 def evaluate(model: GPT2, seed: int, n_prompts: int = EVAL_PROMPTS) -> dict:
     """Accuracy and loss on the induction task, and every head's attention-pattern scores."""
-    from jaxablate.forward import forward
-    from jaxablate.patterns import attention_scores
+    from jaxablate.model.batched import forward
+    from jaxablate.screening.patterns import attention_scores
     from jaxablate.tasks.induction import induction
 
     task = induction(n_prompts, half=EVAL_HALF, vocab=CONFIG.d_vocab, seed=seed)
@@ -240,7 +240,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                         default=Path(__file__).resolve().parent / "induction",
                         help="folder to write (default: the bundled model's own folder)")
     args = parser.parse_args(argv)
-    from jaxablate.saving import save_gpt2
+    from jaxablate.model.saving import save_gpt2
 
     start = time.perf_counter()
     model, log = train(args.steps, args.batch, args.lr, args.seed)

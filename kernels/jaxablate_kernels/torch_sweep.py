@@ -36,7 +36,7 @@ def as_head_mask_set(masks: Any, cfg: Any, seq_len: int) -> Any:
         ('heads',)
     """
     from jaxablate import masks as masks_lib
-    from jaxablate.mask import Mask
+    from jaxablate.model.mask import Mask
 
     if isinstance(masks, Mask):
         masks = masks_lib.from_stacked(masks, cfg, seq_len=seq_len)
@@ -72,7 +72,7 @@ def dense_keep(mask_set: Any, idx: np.ndarray, seq_len: int) -> np.ndarray:
     row_of = np.full(len(mask_set), -1, np.int64)
     row_of[idx] = np.arange(len(idx))
     for kind in mask_set.kinds:
-        mask_id, index, weight = mask_set.entries[kind]
+        mask_id, index, weight = mask_set.entries_of(kind)
         rows = row_of[mask_id]
         sel = rows >= 0
         rows, index, weight = rows[sel], index[sel], weight[sel]
@@ -92,7 +92,7 @@ def replacement_z(replacement: Any, model: TorchGPT2, batch: int, seq: int) -> t
         >>> replacement_z(jaxablate.zero_replacement(jmodel), model, 8, 16).shape
         torch.Size([12, 1, 1, 12, 64])
     """
-    from jaxablate.replacement import Replacement
+    from jaxablate.model.replacement import Replacement
 
     c = model.cfg
     if isinstance(replacement, Replacement):
@@ -166,8 +166,8 @@ def sweep(
         ...             jaxablate.masks.head_pairs(cfg), jaxablate.mean_replacement(jmodel, abc),
         ...             jaxablate.metrics.logit_diff(io, s), kernel="triton")   # [10296, batch]
     """
-    from jaxablate.metrics import vocab_columns
-    from jaxablate.validation import check_tokens
+    from jaxablate.ablation.metrics import vocab_columns
+    from jaxablate.model.validation import check_tokens
 
     if not isinstance(model, TorchGPT2):
         model = TorchGPT2.from_jaxablate(model)

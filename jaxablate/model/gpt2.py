@@ -1,0 +1,269 @@
+"""GPT-2 as one Equinox module: one example per call, blocks stacked and scanned over layers.
+
+Numerics follow Hugging Face's `GPT2LMHeadModel` (REFERENCE.md): LayerNorm eps from the config
+(1e-5), tanh-approximated GELU ("gelu_new"), scores `q.k / sqrt(d_head)`, causal mask before
+the softmax, tied unembedding without bias. In bfloat16 the matmul inputs are bfloat16 while
+LayerNorm, softmax, the residual stream and every accumulation stay float32.
+
+Ablation hooks in as a blend `m * h + (1 - m) * r` at five named points (see `mask.py`):
+  [1] residual stream entering a layer (mask.positions, and the SAE's features),
+  [2] each head's z before W_O (mask.heads, mask.head_positions),
+  [3] each MLP neuron after the GELU (mask.neurons),
+  [4] each MLP layer's output (mask.mlps).
+A mask field that is None skips its blend entirely; the mask is never structure otherwise.
+"""
+
+from __future__ import annotations
+
+import math
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+from jaxtyping import Array, Float, Int
+
+from jaxablate.model.config import GPT2Config
+from jaxablate.model.mask import Mask
+from jaxablate.model.replacement import Replacement
+from jaxablate.model.sae import SAE
+
+# Activations `run(..., collect=...)` can return, per layer (the sweep's clean pass also
+# collects "resid_mid", the stream after attention).
+ACTIVATIONS = ("resid_pre", "z", "post", "mlp_out", "pattern")
+
+
+class Blocks(eqx.Module):
+    """Every block's weights, stacked on a leading `layer` axis (scanned over)."""
+
+    ln1_w: Float[Array, "layer d_model"]
+    ln1_b: Float[Array, "layer d_model"]
+    W_qkv: Float[Array, "layer d_model 3 head d_head"]
+    b_qkv: Float[Array, "layer 3 head d_head"]
+    W_O: Float[Array, "layer head d_head d_model"]
+    b_O: Float[Array, "layer d_model"]
+    ln2_w: Float[Array, "layer d_model"]
+    ln2_b: Float[Array, "layer d_model"]
+    W_in: Float[Array, "layer d_model neuron"]
+    b_in: Float[Array, "layer neuron"]
+    W_out: Float[Array, "layer neuron d_model"]
+    b_out: Float[Array, "layer d_model"]
+
+
+def _layer_norm(x, w, b, eps):
+    x = x.astype(jnp.float32)
+    mean = x.mean(-1, keepdims=True)
+    var = ((x - mean) ** 2).mean(-1, keepdims=True)
+    w, b = w.astype(jnp.float32)[None], b.astype(jnp.float32)[None]
+    return (x - mean) * jax.lax.rsqrt(var + eps) * w + b
+
+
+def _f32(bias):
+    # Biases are added in float32 (the accumulation dtype), with an explicit leading seq axis.
+    return bias.astype(jnp.float32)[None]
+
+
+def _rows(queries):
+    """Select the query rows of a per-position array (seq axis first; a length-1 axis is a
+    broadcast and stays)."""
+    return lambda a: a if queries is None or a.shape[0] == 1 else a[queries]
+
+
+def _blend(h, keep, r):
+    # m * h + (1 - m) * r rather than r + m * (h - r): with m = 1 it returns h bit for bit.
+    return keep * h + (1.0 - keep) * r
+
+
+class GPT2(eqx.Module):
+    """GPT-2 (LM head) for one token sequence; batch with `jaxablate.forward` or `jax.vmap`.
+
+    Example:
+        >>> model = jaxablate.load_gpt2("gpt2")
+        >>> logits = model(jnp.array([15496, 995, 0]))       # [seq, vocab] = [3, 50257]
+    """
+
+    wte: Float[Array, "vocab d_model"]
+    wpe: Float[Array, "n_ctx d_model"]
+    blocks: Blocks
+    lnf_w: Float[Array, " d_model"]
+    lnf_b: Float[Array, " d_model"]
+    cfg: GPT2Config = eqx.field(static=True)
+    sae: SAE | None = None
+
+    @property
+    def dtype(self):
+        return self.wte.dtype
+
+    def matmul(self, spec: str, a: Array, b: Array) -> Array:
+        """Matmul in the weights' dtype with float32 accumulation and float32 output."""
+        return jnp.einsum(
+            spec, a.astype(self.dtype), b.astype(self.dtype), preferred_element_type=jnp.float32
+        )
+
+    def embed(self, tokens: Int[Array, " seq"]) -> Float[Array, "seq d_model"]:
+        """Token plus position embedding: the residual stream entering layer 0."""
+        pos = jnp.arange(tokens.shape[0])
+        return self.wte[tokens].astype(jnp.float32) + self.wpe[pos].astype(jnp.float32)
+
+    def unembed(
+        self, x: Float[Array, "k d_model"], columns: Int[Array, " n"] | None = None
+    ) -> Float[Array, "k n"]:
+        """Final LayerNorm and the tied unembedding of some residual-stream rows: logits over
+        the whole vocabulary (n = vocab), or over the token ids `columns` only (a logit
+        difference reads two of GPT-2's 50,257 columns)."""
+        h = _layer_norm(x, self.lnf_w, self.lnf_b, self.cfg.layer_norm_eps)
+        return self.matmul("kd,vd->kv", h, self.wte if columns is None else self.wte[columns])
+
+    def enter(
+        self,
+        layer: Int[Array, ""],
+        x: Float[Array, "seq d_model"],
+        mask: Mask,
+        replacement: Replacement,
+    ) -> Float[Array, "seq d_model"]:
+        """[1] The residual stream entering `layer` (n_layers: the final one, untouched):
+        SAE features, then whole positions.
+
+        Callers apply it to the loop carry (to the embedding, or at the end of the previous
+        layer's step), never inside the block: there XLA would fuse the blend into the
+        block's LayerNorm reductions and round differently from the clean program, so a
+        keep-all mask would not reproduce the clean logits bit for bit.
+        """
+        if mask.sae_features is not None and self.sae is not None:
+            sae = self.sae
+            x = jax.lax.cond(
+                layer == sae.layer,
+                lambda x: sae.ablate(x, mask.sae_features, replacement.sae_features),
+                lambda x: x,
+                x,
+            )
+        if mask.positions is not None:
+            inside = jnp.minimum(layer, self.cfg.n_layers - 1)
+            keep = jnp.where(layer < self.cfg.n_layers, mask.positions[inside], 1.0)
+            x = _blend(x, keep[:, None], replacement.resid[inside])
+        return x
+
+    def block(
+        self,
+        layer: Int[Array, ""],
+        x: Float[Array, "seq d_model"],
+        mask: Mask,
+        replacement: Replacement,
+        queries: Int[Array, " k"] | None = None,
+    ) -> tuple[Float[Array, "rows d_model"], dict[str, Array]]:
+        """One transformer block with ablation points [2]-[4]; returns the new stream and acts.
+
+        `x` is the stream entering the layer with point [1] already applied (`enter`).
+
+        With `queries`, only those rows of the output are computed (keys and values still
+        come from every position): the last layer needs no more than the rows read.
+        """
+        resid_pre = x
+        x, z, pattern = self.attend(layer, x, mask, replacement, queries)
+        resid_mid = x
+        x, post, mlp_out = self.feed_forward(layer, x, mask, replacement, queries)
+        acts = {"resid_pre": resid_pre, "resid_mid": resid_mid, "z": z, "post": post,
+                "mlp_out": mlp_out, "pattern": pattern}
+        return x, acts
+
+    def attend(
+        self,
+        layer: Int[Array, ""],
+        x: Float[Array, "seq d_model"],
+        mask: Mask,
+        replacement: Replacement,
+        queries: Int[Array, " k"] | None = None,
+    ) -> tuple[Float[Array, "rows d_model"], Float[Array, "rows head d_head"],
+               Float[Array, "head rows seq"]]:
+        """The attention half of a block: (stream after attention, z after point [2], pattern)."""
+        p = jax.tree_util.tree_map(lambda a: a[layer], self.blocks)
+        seq = x.shape[0]
+        rows = _rows(queries)
+        h = _layer_norm(x, p.ln1_w, p.ln1_b, self.cfg.layer_norm_eps)
+        qkv = self.matmul("sd,dthe->sthe", h, p.W_qkv) + _f32(p.b_qkv)
+        q, k, v = rows(qkv[:, 0]), qkv[:, 1], qkv[:, 2]
+        scores = self.matmul("qhe,khe->hqk", q, k) / math.sqrt(self.cfg.d_head)
+        causal = rows(jnp.tril(jnp.ones((seq, seq), bool)))
+        pattern = jax.nn.softmax(jnp.where(causal[None], scores, -jnp.inf), axis=-1)
+        z = self.ablate_z(layer, self.matmul("hqk,khe->qhe", pattern, v), mask, replacement,
+                          queries)
+        return rows(x) + self.matmul("she,hed->sd", z, p.W_O) + _f32(p.b_O), z, pattern
+
+    def ablate_z(
+        self,
+        layer: Int[Array, ""],
+        z: Float[Array, "rows head d_head"],
+        mask: Mask,
+        replacement: Replacement,
+        queries: Int[Array, " k"] | None = None,
+    ) -> Float[Array, "rows head d_head"]:
+        """[2] each head's z, at all positions or at chosen ones (rows: `queries` or all)."""
+        rows = _rows(queries)
+        if mask.heads is not None:
+            z = _blend(z, mask.heads[layer][None, :, None], rows(replacement.z[layer]))
+        if mask.head_positions is not None:
+            z = _blend(z, rows(mask.head_positions[layer])[:, :, None],
+                       rows(replacement.z[layer]))
+        return z
+
+    def feed_forward(
+        self,
+        layer: Int[Array, ""],
+        x: Float[Array, "rows d_model"],
+        mask: Mask,
+        replacement: Replacement,
+        queries: Int[Array, " k"] | None = None,
+    ) -> tuple[Float[Array, "rows d_model"], Float[Array, "rows neuron"],
+               Float[Array, "rows d_model"]]:
+        """The MLP half of a block with points [3] and [4]: (new stream, post, mlp_out)."""
+        p = jax.tree_util.tree_map(lambda a: a[layer], self.blocks)
+        rows = _rows(queries)
+        h = _layer_norm(x, p.ln2_w, p.ln2_b, self.cfg.layer_norm_eps)
+        post = jax.nn.gelu(self.matmul("sd,dn->sn", h, p.W_in) + _f32(p.b_in), approximate=True)
+        # [3] single neurons after the nonlinearity.
+        if mask.neurons is not None:
+            post = _blend(post, mask.neurons[layer][None, :], rows(replacement.post[layer]))
+        mlp_out = self.matmul("sn,nd->sd", post, p.W_out) + _f32(p.b_out)
+        # [4] the whole MLP's output.
+        if mask.mlps is not None:
+            mlp_out = _blend(mlp_out, mask.mlps[layer], rows(replacement.mlp_out[layer]))
+        return x + mlp_out, post, mlp_out
+
+    def run(
+        self,
+        tokens: Int[Array, " seq"],
+        mask: Mask | None = None,
+        replacement: Replacement | None = None,
+        *,
+        positions: Int[Array, " k"] | None = None,
+        collect: tuple[str, ...] = (),
+    ) -> tuple[Float[Array, "k vocab"], dict[str, Array]]:
+        """Logits at `positions` (all when None) and the activations named in `collect`.
+
+        Collected activations are stacked over layers: resid_pre [layer+1, seq, d_model] (the
+        last row is the final residual stream), z [layer, seq, head, d_head],
+        post [layer, seq, neuron], mlp_out [layer, seq, d_model], pattern [layer, head, seq, key].
+        Inputs are trusted here; `jaxablate.forward` validates them.
+        """
+        mask = Mask() if mask is None else mask
+        replacement = Replacement() if replacement is None else replacement
+
+        def step(x, layer):
+            x, acts = self.block(layer, x, mask, replacement)
+            return self.enter(layer + 1, x, mask, replacement), {n: acts[n] for n in collect}
+
+        x = self.enter(jnp.int32(0), self.embed(tokens), mask, replacement)
+        x, acts = jax.lax.scan(step, x, jnp.arange(self.cfg.n_layers))
+        if "resid_pre" in collect:
+            acts["resid_pre"] = jnp.concatenate([acts["resid_pre"], x[None]], axis=0)
+        return self.unembed(x if positions is None else x[positions]), acts
+
+    def __call__(
+        self,
+        tokens: Int[Array, " seq"],
+        mask: Mask | None = None,
+        replacement: Replacement | None = None,
+        *,
+        positions: Int[Array, " k"] | None = None,
+    ) -> Float[Array, "k vocab"]:
+        """Logits `[seq, vocab]` (or `[k, vocab]` at `positions`) of one token sequence."""
+        return self.run(tokens, mask, replacement, positions=positions)[0]

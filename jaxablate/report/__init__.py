@@ -1,0 +1,31 @@
+"""The report wing: a study's result as files a paper can use.
+
+    files.py    write_report: the report folder (JSON, tables, summary, figures), and the
+                rule that it never overwrites what it did not write
+    tables.py   the result's sections as pandas DataFrames
+    summary.py  summary.md
+    plots.py    the figures
+"""
+
+from jaxablate.report.files import (
+                                    REPORT_MARKER,
+                                    check_report_folder,
+                                    fingerprint_differences,
+                                    report_fingerprint,
+                                    report_names,
+                                    write_report,
+)
+from jaxablate.report.summary import summary_markdown
+from jaxablate.report.tables import (
+                                    ablation_comparison_frame,
+                                    cumulative_frame,
+                                    interactions_frame,
+                                    per_example_frame,
+                                    screening_frame,
+                                    single_frame,
+)
+
+__all__ = ["REPORT_MARKER", "ablation_comparison_frame", "check_report_folder",
+           "cumulative_frame", "fingerprint_differences", "interactions_frame",
+           "per_example_frame", "report_fingerprint", "report_names", "screening_frame",
+           "single_frame", "summary_markdown", "write_report"]

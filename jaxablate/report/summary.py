@@ -1,0 +1,334 @@
+"""The Markdown summary of a study result dict: what a paper's methods/results paragraph
+needs (model, task, ablation, metric, baseline, statistics, versions), then one section per
+step of the study (single ablations, gradient screening, cumulative ablation, minimal circuit,
+pair interactions, ablation types), with links to the report's figures and data files.
+
+    summary_markdown(result, figures, files, top) -> str      # summary.md of `write_report`
+    cumulative_order(result) -> str                           # how the cumulative order is sorted
+
+`result` is `StudyResult.to_dict()` (or the StudyResult itself), as in `jaxablate.report`;
+missing or None sections read "Not run.". Plain Python and numpy only (no pandas).
+
+Example:
+    >>> print(summary_markdown(Study(model, task).run().to_dict()))
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+from jaxablate.study.result import as_result_dict
+
+_FLAGS = (("critical", "critical"), ("negative", "negative"), ("no_effect", "no effect"))
+
+
+def _num(value: Any, digits: int = 4) -> str:
+    if value is None or (isinstance(value, float) and not math.isfinite(value)):
+        return "–"
+    if isinstance(value, (bool, np.bool_)):
+        return "yes" if value else "no"
+    if isinstance(value, (int, np.integer)):
+        return str(int(value))
+    return f"{float(value):.{digits}g}"
+
+
+def _flags(row: Mapping[str, Any]) -> str:
+    return ", ".join(label for key, label in _FLAGS if row.get(key)) or ""
+
+
+def _table(header: Sequence[str], rows: Sequence[Sequence[Any]], align: str = "") -> list[str]:
+    """A Markdown table; `align` has one letter per column, "l" or "r" (default: the first
+    column left, the others right)."""
+    def cell(value: Any) -> str:
+        return (value if isinstance(value, str) else _num(value)).replace("|", "\\|")
+
+    align = align or "l" + "r" * (len(header) - 1)
+    lines = ["| " + " | ".join(header) + " |",
+             "|" + "|".join("---:" if a == "r" else "---" for a in align) + "|"]
+    return lines + ["| " + " | ".join(cell(v) for v in row) + " |" for row in rows]
+
+
+def _describe_task(task: Mapping[str, Any], meta: Mapping[str, Any]) -> str:
+    size = f"{_num(meta.get('n_prompts'))} prompts × {_num(meta.get('seq_len'))} tokens"
+    details = ", ".join(f"{k} {v}" for k, v in task.items()
+                        if k not in ("name", "task", "n_prompts") and isinstance(
+                            v, (str, int, float)) and len(str(v)) < 60)
+    return f"{task.get('name', '?')} — {size}" + (f" ({details})" if details else "")
+
+
+def _ablation_text(meta: Mapping[str, Any]) -> str:
+    ablation = str(meta.get("ablation", "?"))
+    replacement = meta.get("replacement") or {}
+    if ablation == "mean" and replacement.get("n_reference"):
+        how = "per-position" if replacement.get("mean_per_position") else "batch-and-position"
+        return f"mean ({how} means over {replacement['n_reference']} reference prompts)"
+    if ablation == "resample" and replacement.get("resample_draws"):
+        return (f"resample (activations of other prompts; mean over "
+                f"{replacement['resample_draws']} draws)")
+    return ablation
+
+
+def _header(result: Mapping[str, Any]) -> list[str]:
+    meta, baseline = result["meta"], result["baseline"]
+    config = meta.get("model_config") or {}
+    shape = ", ".join(f"{k} {v}" for k, v in config.items()
+                      if isinstance(v, int) and not isinstance(v, bool))
+    direction = {True: "higher is better", False: "lower is better"}.get(
+        meta.get("higher_is_better"), "")
+    seconds = dict(meta.get("seconds") or {})
+    total = seconds.pop("total", None)
+    timing = ", ".join(f"{k} {float(v):.2f} s" for k, v in seconds.items() if v is not None)
+    if total is not None:
+        timing = f"{float(total):.2f} s" + (f" ({timing})" if timing else "")
+    versions = ", ".join(f"{k} {v}" for k, v in (meta.get("versions") or {}).items())
+    components = ", ".join(meta.get("components") or [])
+    if meta.get("neuron_layers") is not None:
+        components += f" (neurons of layers {', '.join(map(str, meta['neuron_layers']))})"
+    ci = _ci_level(meta)
+    rows = [
+        ("model", f"`{meta.get('model', '?')}`" + (f" — {shape}" if shape else "")),
+        ("task", _describe_task(meta.get("task") or {}, meta)),
+        ("ablation", _ablation_text(meta)),
+        ("metric", f"{meta.get('metric', '?')}" + (f" ({direction})" if direction else "")),
+        ("components", f"{components}: {len(result['single'])} ablated one at a time"),
+        ("clean baseline", f"{_num(baseline.get('mean'))} ± {_num(baseline.get('sem'))} "
+                           f"(mean ± s.e.m. over {_num(meta.get('n_prompts'))} prompts)"),
+        ("threshold", f"{_num(meta.get('threshold'))}"
+                      + (f" — {meta['threshold_rule']}" if meta.get("threshold_rule") else "")),
+        ("statistics", f"effect ± s.e.m. over prompts; {ci} bootstrap CI over prompts"
+                       + (f" ({meta['n_bootstrap']} resamples)" if meta.get("n_bootstrap")
+                          else "")),
+        ("seed", _num(meta.get("seed"))),
+        ("versions", versions or "–"),
+        ("date", str(meta.get("date", "–"))),
+        ("run time", timing or "–"),
+    ]
+    task = (meta.get("task") or {}).get("name", "task")
+    return ([f"# Ablation study: {task} on {meta.get('model', '?')}", ""]
+            + _table(["", ""], rows, "ll"))
+
+
+def _ci_level(meta: Mapping[str, Any]) -> str:
+    level = meta.get("ci_level")
+    return f"{100 * float(level):g}%" if level is not None else "95%"
+
+
+def _single(result: Mapping[str, Any], top: int, figures: Mapping[str, str]) -> list[str]:
+    rows = sorted(result["single"], key=lambda r: (r.get("rank") is None, r.get("rank") or 0))
+    counts = {key: sum(bool(r.get(key)) for r in rows) for key, _ in _FLAGS}
+    ci = _ci_level(result["meta"])
+    lines = ["", "## Single-component ablations", "",
+             f"{len(rows)} components ablated one at a time: **{counts['critical']} critical**, "
+             f"{counts['negative']} negative, {counts['no_effect']} with no effect. The effect "
+             "is the change in the metric when the component is ablated, signed so that "
+             "positive means the component helps the task; critical: effect above the "
+             f"threshold and its {ci} CI above 0; negative: CI below 0; no effect: CI "
+             "contains 0.", ""]
+    lines += _table(["rank", "component", "effect ± s.e.m.", f"{ci} CI", "flags"], [
+        (r.get("rank"), f"`{r['component']}`", f"{_num(r.get('effect'))} ± {_num(r.get('sem'))}",
+         f"[{_num(r.get('ci_low'))}, {_num(r.get('ci_high'))}]", _flags(r))
+        for r in rows[:top]], "rlrrl")
+    if len(rows) > top:
+        lines += ["", f"Top {top} of {len(rows)}; every component is in `single.csv`."]
+    for name, what in (("single_heads", "Single-head effects"),
+                       ("single_layers", "MLP and neuron effects")):
+        if name in figures:
+            lines += ["", f"![{what}]({figures[name]})"]
+    return lines
+
+
+def cumulative_order(result: Mapping[str, Any]) -> str:
+    """How `cumulative.order` is sorted: "lowest effect first", "largest effect first" or ""."""
+    order = (result.get("cumulative") or {}).get("order") or []
+    effect = {str(r.get("component")): r.get("effect") for r in result["single"]}
+    ends = [effect.get(str(order[i])) for i in (0, -1)] if len(order) > 1 else []
+    if len(ends) < 2 or None in ends or ends[0] == ends[1]:
+        return ""
+    return "lowest effect first" if ends[0] < ends[1] else "largest effect first"
+
+
+def _cumulative(result: Mapping[str, Any], figures: Mapping[str, str]) -> list[str]:
+    section = result.get("cumulative")
+    lines = ["", "## Cumulative ablation", ""]
+    if not section:
+        return lines + ["Not run."]
+    metric, n = section.get("metric") or [], section.get("n_ablated") or []
+    recovered = section.get("recovered") or []
+    order = cumulative_order(result)
+    if metric:
+        lines.append(
+            f"- Components ablated together{f' ({order})' if order else ''}: from the clean "
+            f"{_num(result['baseline'].get('mean'))} the metric goes to {_num(metric[0])} with "
+            f"{_num(n[0] if n else None)} ablated and {_num(metric[-1])} with "
+            f"{_num(n[-1] if n else None)} ablated"
+            + (f" (recovered {_num(recovered[0], 3)} → {_num(recovered[-1], 3)}; 1 = clean, "
+               "0 = all ablated)." if recovered else "."))
+    cliff = section.get("cliff") or {}
+    if cliff.get("n_ablated") is not None or cliff.get("fraction") is not None:
+        lines.append(f"- **Cliff** at {_num(cliff.get('n_ablated'))} components ablated (fraction "
+                     f"{_num(cliff.get('fraction'), 3)}): drop {_num(cliff.get('drop'))}.")
+    else:
+        lines.append("- No cliff.")
+    if cliff.get("below_half") is not None:
+        lines.append(f"- Recovered first falls below 0.5 at fraction "
+                     f"{_num(cliff['below_half'], 3)}.")
+    if cliff.get("rule"):
+        lines.append(f"- Rule: {cliff['rule']}.")
+    if "cumulative" in figures:
+        lines += ["", f"![Cumulative ablation]({figures['cumulative']})"]
+    return lines
+
+
+def _circuit(result: Mapping[str, Any]) -> list[str]:
+    section = result.get("circuit")
+    lines = ["", "## Minimal circuit", ""]
+    if not section:
+        return lines + ["Not run."]
+    members = ", ".join(f"`{m}`" for m in section.get("members") or []) or "(none)"
+    lines += [
+        f"- Circuit: {members} — **size {_num(section.get('size'))}**, share "
+        f"{_num(section.get('share'), 3)} of the components, **faithfulness "
+        f"{_num(section.get('faithfulness'))}** (target {_num(section.get('target'))}).",
+        f"- Metric with everything else ablated: {_num(section.get('metric_circuit'))}; with "
+        f"everything ablated: {_num(section.get('metric_all_ablated'))}; clean: "
+        f"{_num(result['baseline'].get('mean'))}.",
+        f"- Minimal (removing any member lowers recovery): **{_num(section.get('minimal'))}**.",
+    ]
+    if section.get("reached") is False:
+        lines.append("- **The target was not reached**: the greedy search ran out of "
+                     "components (or the metric gave no recovery).")
+    if section.get("steps"):
+        lines += ["", "Greedy construction (recovered: 1 = clean, 0 = all ablated):", ""]
+        lines += _table(["step", "added", "recovered"],
+                        [(i, f"`{s.get('added')}`", s.get("recovered"))
+                         for i, s in enumerate(section["steps"], 1)], "rlr")
+    if section.get("minimality"):
+        lines += ["", "Minimality check:", ""] + _table(
+            ["member", "recovered without it", "removing it hurts"],
+            [(f"`{m.get('component')}`", m.get("recovered_without"), m.get("hurts"))
+             for m in section["minimality"]], "lrl")
+    return lines
+
+
+def _interactions(result: Mapping[str, Any], figures: Mapping[str, str]) -> list[str]:
+    section = result.get("interactions")
+    lines = ["", "## Pair interactions", ""]
+    if not section:
+        return lines + ["Not run."]
+    pairs = section.get("pairs") or []
+    backup = [p for p in pairs if p.get("backup_candidate")]
+    lines.append(f"{len(pairs)} pairs among {len(section.get('components') or [])} components; "
+                 f"interaction = joint effect − single a − single b. "
+                 f"**{len(backup)} backup candidate{'s' if len(backup) != 1 else ''}**"
+                 + (":" if backup else "."))
+    if backup:
+        lines.append("(A backup candidate: neither single ablation has a measurable effect, "
+                     "but ablating both does.)")
+    strongest = sorted(pairs, key=lambda p: -abs(p.get("interaction") or 0.0))[:10]
+    has_ci = any("joint_ci_low" in p for p in pairs)
+    header = ["a", "b", "single a", "single b", "joint"] + (["joint CI"] if has_ci else [])
+    for title, shown in (("", backup), ("Strongest interactions:", strongest)):
+        if shown:
+            rows = [[f"`{p.get('a')}`", f"`{p.get('b')}`", p.get("single_a"), p.get("single_b"),
+                     p.get("joint")]
+                    + ([f"[{_num(p.get('joint_ci_low'))}, {_num(p.get('joint_ci_high'))}]"]
+                       if has_ci else []) + [p.get("interaction")] for p in shown]
+            lines += [""] + ([title, ""] if title else []) + _table(
+                header + ["interaction"], rows, "ll" + "r" * (len(header) - 1))
+    if "interactions" in figures:
+        lines += ["", f"![Pair interactions]({figures['interactions']})"]
+    return lines
+
+
+def _ablation_types(result: Mapping[str, Any], figures: Mapping[str, str]) -> list[str]:
+    section = result.get("ablation_comparison")
+    lines = ["", "## Ablation types", ""]
+    if not section:
+        return lines + ["Not run."]
+    spearman = section.get("spearman") or {}
+    lines.append(f"Effects of {len(section.get('components') or [])} components under "
+                 f"{', '.join(section.get('types') or [])} ablation; rank agreement:")
+    lines += [""] + _table(["types", "Spearman ρ"],
+                           [(k.replace("~", " vs "), v) for k, v in spearman.items()], "lr")
+    changed = section.get("changed") or []
+    types = list(section.get("types") or [])
+    if changed:
+        lines += ["", f"The verdict changes with the ablation type for {len(changed)} "
+                      "component(s):", ""]
+        lines += _table(["component"] + types, [
+            [f"`{c.get('component')}`"] + [str((c.get("verdicts") or {}).get(t, "–"))
+                                           for t in types] for c in changed],
+                          "l" * (len(types) + 1))
+    else:
+        lines += ["", "Every component gets the same verdict under every ablation type."]
+    if "ablation_types" in figures:
+        lines += ["", f"![Ablation types]({figures['ablation_types']})"]
+    return lines
+
+
+def _screening(result: Mapping[str, Any], figures: Mapping[str, str]) -> list[str]:
+    section = result.get("screening")
+    lines = ["", "## Gradient screening", ""]
+    if not section:
+        return lines + ["Not run."]
+    method = {"ig": f"integrated gradients ({section.get('steps')} steps)",
+              "grad": "gradient at the clean model"}.get(section.get("method"),
+                                                          str(section.get("method")))
+    n = len(section.get("components") or [])
+    seconds = section.get("seconds") or {}
+    lines.append(f"Every one of the {n} components scored by {method} of the metric with "
+                 f"respect to its keep-weight in {_num(seconds.get('screening'), 3)} s; the "
+                 f"top {section.get('top_k')} by |estimate| verified by exact ablation "
+                 f"({section.get('verified_from', 'sweep')}).")
+    rows = [("Spearman ρ, verified top-k", section.get("spearman_top_k"))]
+    if section.get("spearman_all") is not None:
+        rows.append(("Spearman ρ, every component", section["spearman_all"]))
+    if section.get("precision_at_k") is not None:
+        rows.append(("precision at k (by |effect|)", section["precision_at_k"]))
+    found = section.get("critical_found")
+    if found:
+        rows.append(("critical components in the top k", f"{found['found']} of {found['total']}"))
+    complete = section.get("completeness")
+    if complete:
+        rows.append(("IG completeness: Σ estimates vs joint effect",
+                     f"{_num(complete.get('sum_of_estimates'))} vs "
+                     f"{_num(complete.get('effect_all_ablated'))}"))
+    lines += [""] + _table(["agreement", "value"], rows, "lr")
+    records = section.get("records") or []
+    if records:
+        lines += ["", "Verified components (screen order):", ""]
+        lines += _table(["screen rank", "component", "estimated effect", "exact effect ± s.e.m.",
+                         "difference", "fails"],
+                        [(r.get("screen_rank"), f"`{r.get('component')}`", r.get("estimated_effect"),
+                          f"{_num(r.get('exact_effect'))} ± {_num(r.get('exact_effect_sem'))}",
+                          r.get("difference"), r.get("fails")) for r in records], "rlrrrl")
+    failures = section.get("failures") or []
+    lines += ["", (f"The estimate fails for {', '.join(f'`{c}`' for c in failures)}."
+                   if failures else "The estimate holds for every verified component.")
+              + f" Rule: {section.get('rule', '')}."]
+    if section.get("note"):
+        lines.append(f"Note: {section['note']}.")
+    if "screening" in figures:
+        lines += ["", f"![Screening estimate vs exact effect]({figures['screening']})"]
+    return lines
+
+
+def summary_markdown(result: Any, figures: Mapping[str, str] | None = None,
+                     files: Sequence[str] = (), top: int = 15) -> str:
+    """The Markdown summary of a study result dict; `figures` maps plot names (as in
+    `jaxablate.report.plots.FIGURES`) to relative paths to link, `files` lists the data files."""
+    result = as_result_dict(result)
+    figures = figures or {}
+    lines = _header(result) + _single(result, top, figures) + _screening(result, figures)
+    lines += _cumulative(result, figures)
+    lines += _circuit(result) + _interactions(result, figures) + _ablation_types(result, figures)
+    if files:
+        lines += ["", "## Files", ""] + [f"- [{name}]({name})" for name in files]
+        lines += ["", "Head names such as `1.10` look like numbers to CSV readers: read the "
+                      "CSVs with `pandas.read_csv(path, dtype={\"component\": str})` (and "
+                      "`a`, `b`, `last_ablated` likewise), or use the Parquet files."]
+    return "\n".join(lines) + "\n"

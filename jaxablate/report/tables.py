@@ -1,0 +1,138 @@
+"""A study result's sections as pandas DataFrames (the report's CSV and Parquet tables).
+
+    single_frame(result)               one row per component, in rank order
+    per_example_frame(result)          long format: component, example, effect
+    cumulative_frame(result)           one row per point of the cumulative curve
+    screening_frame(result)            one row per component in screen-rank order
+    interactions_frame(result)         one row per pair
+    ablation_comparison_frame(result)  effects and verdicts per ablation type
+
+`result` is `StudyResult.to_dict()`. pandas is imported only when a frame is built.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from jaxablate.errors import InputError
+from jaxablate.study.result import jsonable
+
+SINGLE_COLUMNS = ("rank", "component", "kind", "layer", "index", "effect", "sem", "ci_low",
+                  "ci_high", "critical", "negative", "no_effect")
+
+
+def check_lengths(section: str, columns: Mapping[str, Sequence[Any]]) -> None:
+    lengths = {name: len(values) for name, values in columns.items()}
+    if len(set(lengths.values())) > 1:
+        raise InputError(f"{section}: lists of different lengths {lengths}")
+
+
+def single_frame(result: Mapping[str, Any]) -> Any:
+    """pandas DataFrame, one row per component, in rank order, without per-example values."""
+    import pandas as pd
+
+    rows = [{k: v for k, v in row.items() if k != "per_example"} for row in result["single"]]
+    extra = [k for row in rows for k in row if k not in SINGLE_COLUMNS]
+    columns = list(SINGLE_COLUMNS) + list(dict.fromkeys(extra))
+    frame = pd.DataFrame(jsonable(rows), columns=columns)
+    for name in ("rank", "layer", "index"):
+        frame[name] = frame[name].astype("Int64")
+    for name in ("effect", "sem", "ci_low", "ci_high"):
+        frame[name] = frame[name].astype("float64")
+    frame = frame.sort_values("rank", kind="stable", na_position="last")
+    return frame.reset_index(drop=True)
+
+
+def per_example_frame(result: Mapping[str, Any]) -> Any:
+    """pandas DataFrame in long format: component, example, effect."""
+    import pandas as pd
+
+    names, examples, effects = [], [], []
+    for row in result["single"]:
+        values = row.get("per_example") or []
+        names += [str(row["component"])] * len(values)
+        examples += list(range(len(values)))
+        effects += [math.nan if v is None else float(v) for v in values]
+    return pd.DataFrame({"component": pd.Series(names, dtype="str"),
+                         "example": pd.Series(examples, dtype="int64"),
+                         "effect": pd.Series(effects, dtype="float64")})
+
+
+def cumulative_frame(result: Mapping[str, Any]) -> Any:
+    """pandas DataFrame, one row per point of the cumulative curve; `last_ablated` names the
+    last component of the ablated set (each point ablates the first n_ablated of `order`)."""
+    import pandas as pd
+
+    section = result["cumulative"]
+    columns = {k: section[k] for k in ("n_ablated", "fractions", "metric", "sem", "recovered")
+               if section.get(k) is not None}
+    check_lengths("cumulative", columns)
+    frame = pd.DataFrame(jsonable(columns)).rename(columns={"fractions": "fraction"})
+    order = list(section.get("order") or [])
+    if "n_ablated" in frame:
+        frame["n_ablated"] = frame["n_ablated"].astype("Int64")
+        frame["last_ablated"] = [order[n - 1] if n is not pd.NA and 0 < n <= len(order) else ""
+                               for n in frame["n_ablated"]]
+    return frame
+
+
+SCREENING_COLUMNS = ("component", "screen_rank", "estimated_effect", "estimated_effect_sem", "verified",
+                     "exact_effect", "difference", "fails")
+
+
+def screening_frame(result: Mapping[str, Any]) -> Any:
+    """pandas DataFrame, one row per component in screen-rank order: estimate (± s.e.m.),
+    whether it was verified, the exact effect (every component's when the study ran its
+    single step, else the verified ones'), difference and fails."""
+    import pandas as pd
+
+    section = result["screening"]
+    exact = section.get("exact_effect_all") or section.get("exact_effect")
+    columns = {"component": [str(n) for n in section.get("components") or []],
+               "screen_rank": section.get("screen_rank"), "estimated_effect": section.get("estimated_effect"),
+               "estimated_effect_sem": section.get("estimated_effect_sem"),
+               "verified": section.get("verified"), "exact_effect": exact}
+    check_lengths("screening", columns)
+    frame = pd.DataFrame(jsonable(columns))
+    frame["exact_effect"] = frame["exact_effect"].astype("float64")
+    frame["difference"] = frame["estimated_effect"] - frame["exact_effect"]
+    frame["fails"] = [bool(v) for v in section.get("fails") or [False] * len(frame)]
+    frame["screen_rank"] = frame["screen_rank"].astype("Int64")
+    return frame.sort_values("screen_rank", kind="stable").reset_index(drop=True)
+
+
+def interactions_frame(result: Mapping[str, Any]) -> Any:
+    """pandas DataFrame, one row per pair: a, b, joint, single_a, single_b, interaction,
+    backup_candidate."""
+    import pandas as pd
+
+    columns = ["a", "b", "joint", "single_a", "single_b", "interaction", "backup_candidate"]
+    pairs = jsonable(result["interactions"].get("pairs") or [])
+    extra = [k for pair in pairs for k in pair if k not in columns]
+    return pd.DataFrame(pairs, columns=columns + list(dict.fromkeys(extra)))
+
+
+def ablation_comparison_frame(result: Mapping[str, Any]) -> Any:
+    """pandas DataFrame, one row per component: effect_TYPE and verdict_TYPE per ablation
+    type, resample_std, and `changed` (the verdict differs between types)."""
+    import pandas as pd
+
+    section = result["ablation_comparison"]
+    names = [str(n) for n in section.get("components") or []]
+    types = list(section.get("types") or section.get("effects") or [])
+    columns: dict[str, Sequence[Any]] = {"component": names}
+    for kind in types:
+        if kind in (section.get("effects") or {}):
+            columns[f"effect_{kind}"] = section["effects"][kind]
+    if section.get("resample_std") is not None:
+        columns["resample_std"] = section["resample_std"]
+    for kind in types:
+        if kind in (section.get("verdicts") or {}):
+            columns[f"verdict_{kind}"] = section["verdicts"][kind]
+    check_lengths("ablation_comparison", columns)
+    frame = pd.DataFrame(jsonable(columns))
+    changed = {str(c.get("component")) for c in section.get("changed") or []}
+    frame["changed"] = [n in changed for n in names]
+    return frame

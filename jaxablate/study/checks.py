@@ -1,0 +1,120 @@
+"""The host-side checks of a `Study`'s arguments (run before anything compiles), and the
+names they accept: ABLATIONS (ablation types) and STUDY_KINDS (study component kind -> the kind a
+report row names).
+
+    check_int(value, name, least) -> int           an int >= least (model.validation's)
+    check_target(target) -> float                 a fraction in (0, 1]
+    check_fractions(fractions) -> float64 [n]     sorted, unique, each in (0, 1]
+    check_types(types) -> tuple[str, ...]         two or more distinct ablation types
+    check_screening(method, steps, top_k, n)      the screening step's options
+    check_kinds(components) -> tuple[str, ...]    distinct kinds of STUDY_KINDS (singular ok)
+    check_study_inputs(model, task, ...)          the Study constructor's other arguments
+
+Each raises ValueError naming the argument and the value given.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from jaxablate.ablation.metrics import Metric, check_metric
+from jaxablate.errors import InputError, InputTypeError
+from jaxablate.model.gpt2 import GPT2
+from jaxablate.model.validation import check_int
+from jaxablate.tasks.base import Task
+
+ABLATIONS = ("zero", "mean", "resample")
+STUDY_KINDS = {"heads": "head", "mlps": "mlp", "neurons": "neuron"}  # -> a report row's kind
+
+
+def check_target(target: Any) -> float:
+    if isinstance(target, bool) or not isinstance(target, (int, float)) or not 0 < target <= 1:
+        raise InputError(f"target must be a fraction in (0, 1], got {target!r}")
+    return float(target)
+
+
+def check_fractions(fractions: Sequence[float]) -> np.ndarray:
+    values = np.asarray(fractions, np.float64).reshape(-1)
+    if not len(values) or not ((values > 0) & (values <= 1)).all():
+        raise InputError(f"fractions must be non-empty and lie in (0, 1], got {fractions!r}")
+    return np.unique(values)
+
+
+def check_types(types: Sequence[str]) -> tuple[str, ...]:
+    types = (types,) if isinstance(types, str) else tuple(types)
+    bad = [t for t in types if t not in ABLATIONS]
+    if bad or len(types) < 2 or len(set(types)) != len(types):
+        raise InputError(f"types must be two or more distinct ablation types of {ABLATIONS}, "
+                         f"got {types!r}")
+    return types
+
+
+def check_screening(method: Any, steps: Any, top_k: Any, n: int) -> None:
+    if method not in ("grad", "ig"):
+        raise InputError(f"screen_method must be 'grad' or 'ig', got {method!r}")
+    check_int(steps, "screen_steps", 1)
+    if top_k is not None:  # more than n verifies all n (as the command line does)
+        check_int(top_k, "screen_top_k", 1)
+
+
+def check_kinds(components: Any) -> tuple[str, ...]:
+    given = (components,) if isinstance(components, str) else tuple(components)
+    plural = {v: k for k, v in STUDY_KINDS.items()}
+    kinds = tuple(plural.get(c, c) for c in given)
+    bad = [c for c in kinds if c not in STUDY_KINDS]
+    if bad or not kinds or len(set(kinds)) != len(kinds):
+        raise InputError(f"components must be distinct kinds among {tuple(STUDY_KINDS)}, "
+                         f"got {components!r}")
+    if "mlps" in kinds and "neurons" in kinds:
+        # An MLP's output is made of its neurons: "mlp0" and "n0.5" overlap, so a circuit or a
+        # cumulative curve could count the same computation twice.
+        raise InputError("components: 'mlps' and 'neurons' overlap (an MLP's output is its "
+                         "neurons' sum); study them in two studies, e.g. heads,mlps and "
+                         "heads,neurons")
+    return kinds
+
+
+def check_study_inputs(model: Any, task: Any, tokens: Any, metric: Any, progress: Any,
+                       ablation: Any, components: Any, neuron_layers: Any, threshold: Any
+                       ) -> tuple[Metric, tuple[str, ...], list[int] | None]:
+    """The `Study` constructor's arguments that need no sweep: (the metric, the kinds
+    studied, the neuron layers as ints). Raises InputError / InputTypeError naming the
+    problem.
+
+    Example:
+        >>> check_study_inputs(model, task, None, None, None, "mean", "heads", None, None)
+    """
+    if not isinstance(model, GPT2):
+        raise InputTypeError(f"model: expected a jaxablate GPT2 (load_gpt2), got "
+                        f"{type(model).__name__}")
+    if (task is None) == (tokens is None):
+        raise InputError("give either a task or tokens (with metric=), not both or neither")
+    if task is not None and not isinstance(task, Task):
+        raise InputTypeError(f"task: expected a jaxablate.tasks.Task, got {type(task).__name__}")
+    if task is None and metric is None:
+        raise InputError("metric is required with tokens, e.g. "
+                         "metric=jaxablate.metrics.logit_diff(correct, wrong)")
+    metric = task.metric if metric is None else metric
+    check_metric(metric)
+    if progress is not None and not callable(progress):
+        raise InputTypeError(f"progress: expected None or a function progress(step, done, "
+                             f"total), got {type(progress).__name__} {progress!r}")
+    if ablation not in ABLATIONS:
+        raise InputError(f"ablation must be one of {ABLATIONS}, got {ablation!r}")
+    kinds = check_kinds(components)
+    if neuron_layers is not None:
+        if "neurons" not in kinds:
+            raise InputError("neuron_layers is given but components has no 'neurons'")
+        neuron_layers = [check_int(v, "neuron_layers entry", 0) for v in neuron_layers]
+        if not neuron_layers or max(neuron_layers) >= model.cfg.n_layers:
+            raise InputError(f"neuron_layers must be layers in [0, {model.cfg.n_layers}), "
+                             f"got {neuron_layers!r}")
+    if threshold is not None and (isinstance(threshold, bool) or
+                                  not isinstance(threshold, (int, float)) or
+                                  not threshold >= 0 or not math.isfinite(threshold)):
+        raise InputError(f"threshold must be a finite number >= 0, got {threshold!r}")
+    return metric, kinds, neuron_layers

@@ -1,0 +1,400 @@
+"""The ablation-study protocol: every step a few `jaxablate.sweep` calls on one model and task.
+
+    study = Study(model, task, ablation="mean")        # or tokens=..., metric=...
+    result = study.run()                                # baseline, single, cumulative, circuit,
+    print(result.table(10))                             # interactions, ablation comparison
+    json.dump(result.to_dict(), f, allow_nan=False)
+
+Definitions (signs: docs/conventions.md, the one place they are defined):
+
+effect      signed so that positive = the component helps the task: baseline - ablated when
+            `metric.higher_is_better` (logit difference, accuracy, probability), else
+            ablated - baseline (loss, KL) (`metrics.effect`). Per example, then its mean,
+            standard error (std ddof=1 / sqrt(batch)) and a 95% percentile bootstrap CI over
+            examples (`n_bootstrap` resamples drawn once from `seed`, the same for every
+            component). Resample ablation: the mean over `resample_draws` draws, and the s.e.
+            and CI include the variance between draws (the bootstrap resamples draws too;
+            `stats.effect_stats`).
+rank        importance: 1 = the largest |effect| (a component whose removal helps the task a
+            lot ranks high too); the tables keep the signed effect.
+threshold   `threshold=` if given, else 10% of |baseline mean| (logit difference: 10% of the
+            clean logit difference; loss: 10% of the clean loss). Where the baseline is 0
+            (kl_to_clean), 10% of |metric(all studied components ablated) - baseline|.
+flags       critical: effect > threshold and the CI excludes 0; negative: the CI lies below 0
+            (ablation measurably improves the task); no_effect: the CI contains 0.
+            verdict = "critical" | "negative" | "none" (at most one flag of the first two).
+recovered   (m - m_all) / (baseline - m_all), m_all = the metric with every studied component
+            ablated together: 1 = clean performance, 0 = nothing left (above 1 or below 0 when
+            the components left intact push the metric past either end). Sign-free, so the
+            same for loss-type and logit-type metrics. NaN (null in JSON) when m_all = baseline.
+screening   gradient screening of every component (`jaxablate.attribute`, "ig" by default),
+            then the top-k verified by exact ablation: Spearman, precision at k, failures
+            (definitions in `jaxablate.study.screen`).
+cumulative, circuit, interactions, comparison: `jaxablate.study.steps`.
+
+Replacement values: mean = `mean_replacement(model, reference)` (per position when the
+reference prompts have the evaluated length, else over batch and positions); resample draws
+each prompt's values from another prompt of the reference set (never itself when the reference
+set is the evaluated prompts; the evaluated prompts when the lengths differ).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import jax
+import numpy as np
+from jaxtyping import Float
+
+from jaxablate.ablation.components import parse_component
+from jaxablate.ablation.masks import (
+    MaskSet,
+    concat,
+    from_components,
+    single_heads,
+    single_mlps,
+    single_neurons,
+)
+from jaxablate.ablation.metrics import effect
+from jaxablate.ablation.replacements import mean_replacement, resample_replacement, zero_replacement
+from jaxablate.engine.schedule import check_chunk_size
+from jaxablate.engine.sharding import placement
+from jaxablate.engine.sweeping import clean_metric, planned_chunk_size, sweep
+from jaxablate.errors import InputError
+from jaxablate.model.gpt2 import GPT2
+from jaxablate.model.replacement import Replacement
+from jaxablate.model.validation import check_int, check_tokens
+from jaxablate.store.digest import masks_digest
+from jaxablate.store.results import ResultsStore
+from jaxablate.study import steps as protocol_steps
+from jaxablate.study.checks import (
+    ABLATIONS,
+    STUDY_KINDS,
+    check_fractions,
+    check_screening,
+    check_study_inputs,
+    check_target,
+    check_types,
+)
+from jaxablate.study.result import StudyResult, jsonable
+from jaxablate.study.screen import screen_and_verify
+from jaxablate.study.stats import Effects, bootstrap_counts, effect_stats
+from jaxablate.tasks.base import Task
+
+STEPS = ("baseline", "single", "screening", "cumulative", "circuit", "interactions",
+         "ablation_comparison")
+DEFAULT_FRACTIONS = tuple(round(0.1 * i, 1) for i in range(1, 11))
+THRESHOLD_FRACTION = 0.1
+
+
+# ---------------------------------------------------------------------------------------------
+# The study.
+
+
+class Study:
+    """An ablation study of one model on one task: see the module docstring for definitions.
+
+    model: a jaxablate GPT2. task: a `jaxablate.tasks.Task` (tokens, metric, reference), or
+    tokens int [batch, seq] with `metric`. reference: int [n_ref, seq'] prompts for mean and
+    resample values (default: the task's reference set, else the prompts). ablation: "zero",
+    "mean" or "resample". components: kinds studied, among "heads", "mlps", "neurons"
+    (neurons of `neuron_layers` only, default all). threshold: the critical effect (default
+    10% of |baseline|). progress(step, done, total) is called after every sweep chunk.
+    Results of each step are cached; `run()` returns all of them as a `StudyResult`.
+    store: a folder (or `jaxablate.store.ResultsStore`) where every sweep is committed chunk
+    by chunk: a study run again with the same inputs resumes from it, one with other inputs
+    is refused (`StoreMismatchError`) unless `overwrite=True` empties it first.
+    chunk_size: masks per compiled call per device (default: planned from the
+    single-component set). devices / mesh: the devices every sweep and the screening are
+    split over (default every local device; see `jaxablate.engine.sharding`).
+
+    Example:
+        >>> study = Study(model, tasks.induction(64, vocab=model.cfg.d_vocab), ablation="mean")
+        >>> study.single()[0]["effect"], study.minimal_circuit(0.8)["members"]
+    """
+
+    def __init__(self, model: GPT2, task: Task | None = None, *, tokens: Any = None,
+                 metric: Any = None, reference: Any = None, ablation: str = "mean",
+                 components: str | Sequence[str] = ("heads",),
+                 neuron_layers: Sequence[int] | None = None, threshold: float | int | None = None,
+                 seed: int = 0, n_bootstrap: int = 1000, resample_draws: int = 5,
+                 progress: Any = None,
+                 model_name: str | None = None, store: Any = None, overwrite: bool = False,
+                 chunk_size: int | None = None, devices: Any = None, mesh: Any = None):
+        metric, kinds, neuron_layers = check_study_inputs(
+            model, task, tokens, metric, progress, ablation, components, neuron_layers,
+            threshold)
+        self.tokens = check_tokens(task.tokens if task is not None else tokens, model.cfg)
+        batch, seq = self.tokens.shape
+        if batch < 2:
+            raise InputError(f"a study needs at least 2 prompts (standard errors, bootstrap, "
+                             f"resampling), got {batch}")
+        # checks answer ids and positions on the host
+        n_read = metric.prepare(self.tokens, model.cfg)[0].shape[1]
+        if chunk_size is not None:
+            chunk_size = check_chunk_size(model, batch, seq, n_read, chunk_size)
+        if reference is None:
+            reference = None if task is None else task.reference
+        self.reference = (self.tokens if reference is None
+                          else check_tokens(reference, model.cfg))
+        self.model, self.task, self.metric, self.ablation = model, task, metric, ablation
+        self.kinds, self.neuron_layers = kinds, neuron_layers
+        self.seed = check_int(seed, "seed", 0)
+        self.n_bootstrap = check_int(n_bootstrap, "n_bootstrap", 1)
+        self.resample_draws = check_int(resample_draws, "resample_draws", 1)
+        self.progress, self.model_name = progress, model_name
+        self._threshold = None if threshold is None else float(threshold)
+        cfg = model.cfg
+        parts = {"heads": lambda: single_heads(cfg),
+                 "mlps": lambda: single_mlps(cfg),
+                 "neurons": lambda: single_neurons(cfg, layers=neuron_layers)}
+        self.single_masks: MaskSet = concat([parts[k]() for k in kinds])
+        self.names: list[str] = list(self.single_masks.names)
+        self._parsed = {name: parse_component(name) for name in self.names}
+        self._counts = bootstrap_counts(batch, self.n_bootstrap, self.seed)
+        self._draw_counts: np.ndarray | None = None  # resample draws' bootstrap weights
+        self._cache: dict[Any, Any] = {}
+        self._chunk: int | None = chunk_size
+        self.devices, self.mesh = devices, mesh
+        self._n_devices = placement(devices, mesh).n_devices  # checks them, before any work
+        if store is not None and not isinstance(store, ResultsStore):
+            store = ResultsStore(store, overwrite=overwrite)
+        elif store is not None and overwrite:
+            store.clear()
+        self.store: ResultsStore | None = store
+
+    # -- plumbing -----------------------------------------------------------------------------
+
+    def _cached(self, key: Any, compute: Callable[[], Any]) -> Any:
+        if key not in self._cache:
+            self._cache[key] = compute()
+        return self._cache[key]
+
+    def replacements(self, ablation: str) -> list[Replacement]:
+        """One replacement (zero, mean) or `resample_draws` of them (resample)."""
+        def build() -> list[Replacement]:
+            seq = self.tokens.shape[1]
+            same = self.reference.shape[1] == seq
+            if ablation == "zero":
+                return [zero_replacement(self.model)]
+            if ablation == "mean":
+                return [mean_replacement(self.model, self.reference, per_position=same)]
+            keys = jax.random.split(jax.random.key(self.seed), self.resample_draws)
+            own = self.reference is self.tokens or not same
+            return [resample_replacement(self.model, self.tokens, k) if own else
+                    resample_replacement(self.model, self.reference, k,
+                                         n_examples=self.tokens.shape[0]) for k in keys]
+        return self._cached(("replacement", ablation), build)
+
+    def sweep_sets(self, sets: MaskSet | list[list[str]], ablation: str, step: str,
+               reuse_prefix: bool = True) -> Float[np.ndarray, "draws n batch"]:
+        """The metric under each mask, per draw of the replacement and per example.
+
+        Lists of component names are ablated together (an empty list is the clean model).
+        Sets smaller than the study's chunk size are padded with clean masks to a power of
+        two, so the study compiles a handful of programs instead of one per set size.
+        Masks that ablate nearly everything (circuit steps) start at layer 0 anyway: they run
+        with `reuse_prefix=False`, one program for every step, rather than sharing the odd
+        parent trajectory (a different program) depending on which candidates remain.
+        """
+        if self._chunk is None:
+            self._chunk = planned_chunk_size(self.model, self.tokens, self.single_masks,
+                                             self.metric)
+        mask_set = sets if isinstance(sets, MaskSet) else None
+        n = len(sets)
+        if mask_set is None:
+            size = n if n >= self._chunk else min(self._chunk, 1 << (n - 1).bit_length())
+            # Components parsed once (names would be re-parsed for every mask).
+            padded = [[self._parsed[c] for c in s] for s in sets] + [[]] * (size - n)
+            mask_set = from_components(self.model.cfg, padded)
+        chunk = min(self._chunk * self._n_devices, len(mask_set))
+        report = None if self.progress is None else (
+            lambda done, total: self.progress(step, done, total))
+        if self.store is None:
+            out = [sweep(self.model, self.tokens, mask_set, r, self.metric, chunk,
+                         progress=report, reuse_prefix=reuse_prefix, devices=self.devices,
+                         mesh=self.mesh)
+                   for r in self.replacements(ablation)]
+        else:  # one stored sweep per draw, keyed by what it computes
+            tag = masks_digest(mask_set)[:12]
+            out = [self.store.sweep(self.model, self.tokens, mask_set, r, self.metric, chunk,
+                                    key=f"{step}-{ablation}-d{d}-{tag}", seed=self.seed,
+                                    ablation=ablation, progress=report,
+                                    reuse_prefix=reuse_prefix, devices=self.devices,
+                                    mesh=self.mesh)
+                   for d, r in enumerate(self.replacements(ablation))]
+        return np.stack(out).astype(np.float64)[:, :n]
+
+    def effect_of(self, ablated: Float[np.ndarray, "*draws n batch"]
+                ) -> Float[np.ndarray, "*draws n batch"]:
+        """Signed effect per example: positive = the ablated components helped."""
+        return effect(self.metric, ablated, self.baseline_values())
+
+    def stats_of(self, effects: Float[np.ndarray, "draws n batch"]) -> Effects:
+        """Effect statistics of per-draw, per-example effects; with several draws (resample)
+        the CI and s.e. include the variance between draws (`stats.effect_stats`)."""
+        draws = len(effects)
+        if draws > 1 and self._draw_counts is None:
+            self._draw_counts = bootstrap_counts(draws, self.n_bootstrap, self.seed + 1)
+        return effect_stats(effects, self._counts, self.threshold,
+                            self._draw_counts if draws > 1 else None)
+
+    def recovered(self, values: Float[np.ndarray, " n"]) -> Float[np.ndarray, " n"]:
+        """(m - m_all) / (baseline - m_all): 1 = clean, 0 = all ablated; NaN if they agree."""
+        base = float(self.baseline_values().mean())
+        floor = float(self.all_ablated(self.ablation).mean())
+        return (values - floor) / (base - floor) if base != floor else np.full_like(values, np.nan)
+
+    def baseline_values(self) -> Float[np.ndarray, " batch"]:
+        return self._cached("baseline", lambda: clean_metric(
+            self.model, self.tokens, self.metric).astype(np.float64))
+
+    def all_ablated(self, ablation: str) -> Float[np.ndarray, " batch"]:
+        """The metric per example with every studied component ablated (mean over draws)."""
+        return self._cached(("all", ablation), lambda: self.sweep_sets(
+            [self.names], ablation, "all_ablated", reuse_prefix=False).mean(0)[0])
+
+    @property
+    def threshold(self) -> float:
+        """The critical effect: given, or 10% of |baseline| (see the module docstring)."""
+        if self._threshold is not None:
+            return self._threshold
+        base = float(self.baseline_values().mean())
+        if abs(base) > 1e-6:
+            return THRESHOLD_FRACTION * abs(base)
+        return THRESHOLD_FRACTION * abs(float(self.all_ablated(self.ablation).mean()) - base)
+
+    @property
+    def threshold_rule(self) -> str:
+        if self._threshold is not None:
+            return "given (threshold=)"
+        if abs(float(self.baseline_values().mean())) > 1e-6:
+            return f"{THRESHOLD_FRACTION:g} x |baseline mean|"
+        return (f"{THRESHOLD_FRACTION:g} x |metric(all studied components ablated) - baseline| "
+                f"(the baseline is 0)")
+
+    def has_single(self, ablation: str) -> bool:
+        """Whether the single-component effects under `ablation` are computed already."""
+        return ("single", ablation) in self._cache
+
+    def effects(self, ablation: str | None = None) -> Effects:
+        """Single-component effects under `ablation` (default the study's) as arrays."""
+        return self.single_effects(ablation or self.ablation)[0]
+
+    def single_effects(self, ablation: str) -> tuple[Effects, Float[np.ndarray, "draws n"]]:
+        """Effects (mean over draws per example) and the mean effect of each draw."""
+        def compute() -> tuple[Effects, np.ndarray]:
+            per_draw = self.effect_of(self.sweep_sets(self.single_masks, ablation, "single"))
+            return self.stats_of(per_draw), per_draw.mean(2)
+        return self._cached(("single", ablation), compute)
+
+    # -- the protocol -------------------------------------------------------------------------
+
+    def baseline(self) -> dict[str, Any]:
+        """The metric without ablation: {"mean", "sem", "per_example"}."""
+        values = self.baseline_values()
+        return jsonable({"mean": values.mean(),
+                      "sem": values.std(ddof=1) / math.sqrt(len(values)),
+                      "per_example": values})
+
+    def single(self) -> list[dict[str, Any]]:
+        """One record per component (study order): effect, sem, CI, rank, flags, per example."""
+        e = self.effects()
+        records = []
+        for i, name in enumerate(self.names):
+            c = self._parsed[name]
+            records.append({
+                "component": name, "kind": STUDY_KINDS[c.kind], "layer": c.index[0],
+                "index": c.index[1] if len(c.index) > 1 else None, "effect": e.mean[i],
+                "sem": e.sem[i], "ci_low": e.ci_low[i], "ci_high": e.ci_high[i],
+                "rank": e.rank[i], "critical": e.critical[i], "negative": e.negative[i],
+                "no_effect": e.no_effect[i], "per_example": e.per_example[i]})
+        return jsonable(records)
+
+    def cumulative(self, fractions: Sequence[float] = DEFAULT_FRACTIONS) -> dict[str, Any]:
+        """Ablate the round(f * N) least important components (smallest |effect|) together,
+        for each fraction f (`steps.cumulative`)."""
+        return protocol_steps.cumulative(self, fractions)
+
+    def minimal_circuit(self, target: float | int = 0.8, *, max_size: int | None = None
+                        ) -> dict[str, Any]:
+        """Greedy restoration from everything ablated until `target` is recovered (at most
+        `max_size` members): each step is one sweep over every candidate addition
+        (`steps.minimal_circuit`)."""
+        return protocol_steps.minimal_circuit(self, target, max_size)
+
+    def default_interaction_top_k(self) -> int:
+        """Components whose pairs `interactions` tests when top_k is not given: every head when
+        only heads are studied and there are <= 200, else the 20 of largest |effect| (at most
+        N)."""
+        n = len(self.names)
+        return n if self.kinds == ("heads",) and n <= 200 else min(20, n)
+
+    def interaction_top_k(self, top_k: int | None) -> int:
+        n = len(self.names)
+        k = self.default_interaction_top_k() if top_k is None else check_int(top_k, "top_k", 2)
+        if k > n:
+            raise InputError(f"top_k must be <= the {n} components studied, got {k}")
+        return k
+
+    def interactions(self, top_k: int | None = None) -> dict[str, Any]:
+        """Joint ablation of every pair of the top-k components by |effect|, listed in study
+        order; the table stays signed (`steps.interactions`)."""
+        return protocol_steps.interactions(self, top_k)
+
+    def screen(self, method: str = "ig", steps: int = 16, top_k: int | None = None
+               ) -> dict[str, Any]:
+        """Score every component by gradients of the mask, verify the top-k exactly; see
+        `jaxablate.study.screen.screen_and_verify` (exact effects come from `single()` when it
+        has run, else from a sweep of the top-k alone)."""
+        check_screening(method, steps, top_k, len(self.names))
+        have_all = self.has_single(self.ablation)  # the section differs with it
+        return self._cached(("screening", method, steps, top_k, have_all), lambda: jsonable(
+            screen_and_verify(self, method, steps, top_k)))
+
+    def compare_ablations(self, types: Sequence[str] = ABLATIONS) -> dict[str, Any]:
+        """The single study under each ablation type: effects, Spearman correlations, verdict
+        changes (`steps.compare_ablations`)."""
+        return protocol_steps.compare_ablations(self, types)
+
+    def run(self, *, fractions: Sequence[float] = DEFAULT_FRACTIONS, target: float | int = 0.8,
+            top_k: int | None = None, types: Sequence[str] = ABLATIONS,
+            steps: Sequence[str] = STEPS, screen_method: str = "ig", screen_steps: int = 16,
+            screen_top_k: int | None = None) -> "StudyResult":
+        """Every step (or those in `steps`; skipped ones are None) as a `StudyResult`.
+
+        screen_method, screen_steps, screen_top_k: the screening step's `method`, `steps`
+        and `top_k` (see `screen`)."""
+        bad = [s for s in steps if s not in STEPS]
+        if bad:
+            raise InputError(f"unknown steps {bad}; known: {STEPS}")
+        check_fractions(fractions)
+        check_target(target)
+        check_types(types)
+        self.interaction_top_k(top_k)
+        check_screening(screen_method, screen_steps, screen_top_k, len(self.names))
+        calls = {"baseline": self.baseline, "single": self.single,
+                 "screening": lambda: self.screen(screen_method, screen_steps, screen_top_k),
+                 "cumulative": lambda: self.cumulative(fractions),
+                 "circuit": lambda: self.minimal_circuit(target),
+                 "interactions": lambda: self.interactions(top_k),
+                 "ablation_comparison": lambda: self.compare_ablations(types)}
+        out: dict[str, Any] = {}
+        seconds: dict[str, float] = {}
+        for step in ("baseline", "single") + tuple(s for s in STEPS[2:] if s in steps):
+            start = time.perf_counter()
+            out[step] = calls[step]()
+            seconds[step] = time.perf_counter() - start
+        seconds["total"] = sum(seconds.values())
+        return StudyResult(meta=self.meta(seconds), baseline=out["baseline"],
+                           single=out["single"], screening=out.get("screening"),
+                           cumulative=out.get("cumulative"),
+                           circuit=out.get("circuit"), interactions=out.get("interactions"),
+                           ablation_comparison=out.get("ablation_comparison"))
+
+    def meta(self, seconds: dict[str, float] | None = None) -> dict[str, Any]:
+        """What was studied, how, with which versions, when (`steps.study_meta`)."""
+        return protocol_steps.study_meta(self, seconds)
