@@ -30,7 +30,7 @@ def as_mask_set(masks: Any, model: GPT2, seq_len: int) -> MaskSet:
         return from_stacked(masks, model.cfg, seq_len=seq_len, n_features=n_features)
     if not isinstance(masks, MaskSet):
         raise InputTypeError(f"masks: expected a MaskSet (jaxablate.masks.*) or a stacked Mask, "
-                        f"got {type(masks).__name__}")
+                             f"got {type(masks).__name__}")
     if masks.cfg != model.cfg:
         raise InputError(f"masks were built for another model ({masks.cfg}) than this one "
                          f"({model.cfg}); build them from this model's config, e.g. "

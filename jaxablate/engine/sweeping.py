@@ -124,7 +124,8 @@ def _pad(tree: Any, size: int, fill: float = 1.0) -> Any:
 
 def check_sweep(model: GPT2, tokens: Any, masks: MaskSet | Mask, replacement: Any,
                 metric: Any, chunk_size: Any, memory_budget: int | None,
-                progress: Any = None) -> tuple[np.ndarray, MaskSet, np.ndarray, dict[str, np.ndarray], int | None]:
+                progress: Any = None
+                ) -> tuple[np.ndarray, MaskSet, np.ndarray, dict[str, np.ndarray], int | None]:
     """A sweep's arguments checked on the host before anything compiles: (tokens int32
     [batch, seq], the MaskSet, the metric's positions [batch, k] and data, the explicit chunk
     size or None). Raises the ValueError/TypeError that names the problem."""

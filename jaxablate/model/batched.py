@@ -32,7 +32,7 @@ def validate_call(model: GPT2, tokens: Any, mask: Mask | None,
     """Shared checks of `forward` and `run_with_cache`; returns int32 tokens [batch, seq]."""
     if not isinstance(model, GPT2):
         raise InputTypeError(f"model: expected a jaxablate GPT2 (see load_gpt2), got "
-                        f"{type(model).__name__}")
+                             f"{type(model).__name__}")
     tokens = check_tokens(tokens, model.cfg)
     batch, seq = tokens.shape
     kinds: tuple[str, ...] = ()

@@ -146,7 +146,7 @@ def check_replacement(
                          "jaxablate.zero_replacement(model) or mean_replacement/resample")
     if not isinstance(replacement, Replacement):
         raise InputTypeError(f"replacement: expected a jaxablate.Replacement, got "
-                        f"{type(replacement).__name__}")
+                             f"{type(replacement).__name__}")
     d = cfg
     per_layer = {
         "z": (d.n_layers, None, d.n_heads, d.d_head),

@@ -184,7 +184,8 @@ def plot_screening(result: Mapping[str, Any], path: str | os.PathLike,
         return None
     names = [str(n) for n in section["components"]]
     x = np.array([_float(v) for v in section.get("estimated_effect") or ()])
-    y = np.array([_float(v) for v in (section.get("exact_effect_all") or section.get("exact_effect") or ())])
+    exact = section.get("exact_effect_all") or section.get("exact_effect") or ()
+    y = np.array([_float(v) for v in exact])
     verified = np.array([bool(v) for v in section.get("verified") or [False] * len(names)])
     fails = np.array([bool(v) for v in section.get("fails") or [False] * len(names)])
     known = np.isfinite(x) & np.isfinite(y)

@@ -303,7 +303,8 @@ def _screening(result: Mapping[str, Any], figures: Mapping[str, str]) -> list[st
         lines += ["", "Verified components (screen order):", ""]
         lines += _table(["screen rank", "component", "estimated effect", "exact effect ± s.e.m.",
                          "difference", "fails"],
-                        [(r.get("screen_rank"), f"`{r.get('component')}`", r.get("estimated_effect"),
+                        [(r.get("screen_rank"), f"`{r.get('component')}`",
+                          r.get("estimated_effect"),
                           f"{_num(r.get('exact_effect'))} ± {_num(r.get('exact_effect_sem'))}",
                           r.get("difference"), r.get("fails")) for r in records], "rlrrrl")
     failures = section.get("failures") or []

@@ -78,8 +78,8 @@ def cumulative_frame(result: Mapping[str, Any]) -> Any:
     return frame
 
 
-SCREENING_COLUMNS = ("component", "screen_rank", "estimated_effect", "estimated_effect_sem", "verified",
-                     "exact_effect", "difference", "fails")
+SCREENING_COLUMNS = ("component", "screen_rank", "estimated_effect", "estimated_effect_sem",
+                     "verified", "exact_effect", "difference", "fails")
 
 
 def screening_frame(result: Mapping[str, Any]) -> Any:
@@ -91,7 +91,8 @@ def screening_frame(result: Mapping[str, Any]) -> Any:
     section = result["screening"]
     exact = section.get("exact_effect_all") or section.get("exact_effect")
     columns = {"component": [str(n) for n in section.get("components") or []],
-               "screen_rank": section.get("screen_rank"), "estimated_effect": section.get("estimated_effect"),
+               "screen_rank": section.get("screen_rank"),
+               "estimated_effect": section.get("estimated_effect"),
                "estimated_effect_sem": section.get("estimated_effect_sem"),
                "verified": section.get("verified"), "exact_effect": exact}
     check_lengths("screening", columns)

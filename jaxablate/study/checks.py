@@ -90,7 +90,7 @@ def check_study_inputs(model: Any, task: Any, tokens: Any, metric: Any, progress
     """
     if not isinstance(model, GPT2):
         raise InputTypeError(f"model: expected a jaxablate GPT2 (load_gpt2), got "
-                        f"{type(model).__name__}")
+                             f"{type(model).__name__}")
     if (task is None) == (tokens is None):
         raise InputError("give either a task or tokens (with metric=), not both or neither")
     if task is not None and not isinstance(task, Task):

@@ -297,8 +297,8 @@ class Study:
         """The metric without ablation: {"mean", "sem", "per_example"}."""
         values = self.baseline_values()
         return jsonable({"mean": values.mean(),
-                      "sem": values.std(ddof=1) / math.sqrt(len(values)),
-                      "per_example": values})
+                         "sem": values.std(ddof=1) / math.sqrt(len(values)),
+                         "per_example": values})
 
     def single(self) -> list[dict[str, Any]]:
         """One record per component (study order): effect, sem, CI, rank, flags, per example."""

@@ -60,7 +60,7 @@ def as_result_dict(result: Any) -> dict[str, Any]:
         result = result.to_dict()
     if not isinstance(result, Mapping):
         raise InputTypeError(f"expected a study result dict (StudyResult.to_dict()), got "
-                        f"{type(result).__name__}")
+                             f"{type(result).__name__}")
     missing = [k for k in ("meta", "baseline", "single") if k not in result]
     if missing:
         raise InputError(f"the study result has no {', '.join(missing)} section; expected the "

@@ -91,7 +91,7 @@ def screen_and_verify(study: "Study", method: str = "ig", steps: int = 16,
     names = study.names
     n = len(names)
     k = default_screen_top_k(n) if top_k is None else top_k
-    k = min(check_int(k, "screening top_k", 1), n)  # "verify the top 20" of 4 components verifies all 4
+    k = min(check_int(k, "screening top_k", 1), n)  # "the top 20" of 4 components: all 4
     sign = 1.0 if study.metric.higher_is_better else -1.0
     # With neurons of some layers only, IG's path must ablate exactly the studied components.
     path = list(names) if method == "ig" and study.neuron_layers is not None else None

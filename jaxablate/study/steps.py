@@ -3,9 +3,9 @@
 threshold, flags and recovered fraction they use are defined in `jaxablate.study.protocol`.
 
 cumulative  components ordered by |effect|, least important first; fraction f ablates the
-            round(f * N) least important together. Cliff: the step (from the previous point, the first from the
-            clean model) with the largest drop in `recovered`; `below_half` is the first
-            fraction where recovered < 0.5.
+            round(f * N) least important together. Cliff: the step (from the previous point,
+            the first from the clean model) with the largest drop in `recovered`;
+            `below_half` is the first fraction where recovered < 0.5.
 circuit     greedy restoration from everything ablated: each step evaluates every candidate
             (the circuit so far plus one component kept, all else ablated) in ONE sweep and
             keeps the one of highest recovered, until recovered >= target. faithfulness =
@@ -67,16 +67,14 @@ def cumulative(study: Study, fractions: Sequence[float]) -> dict[str, Any]:
     order = [study.names[i] for i in np.argsort(np.abs(e.mean), kind="stable")]
     n_ablated = np.array([math.floor(f * len(order) + 0.5) for f in fractions], np.int64)
     values = study.sweep_sets([order[:k] for k in n_ablated], study.ablation,
-                         "cumulative").mean(0)
+                              "cumulative").mean(0)
     metric = values.mean(1)
     recovered = study.recovered(metric)
     return jsonable({"order": order, "fractions": fractions, "n_ablated": n_ablated,
-                  "metric": metric,
-                  "sem": values.std(1, ddof=1) / math.sqrt(values.shape[1]),
-                  "recovered": recovered,
-                  "cliff": find_cliff(fractions, n_ablated, recovered)})
-
-
+                     "metric": metric,
+                     "sem": values.std(1, ddof=1) / math.sqrt(values.shape[1]),
+                     "recovered": recovered,
+                     "cliff": find_cliff(fractions, n_ablated, recovered)})
 
 def minimal_circuit(study: Study, target: float | int, max_size: int | None) -> dict[str, Any]:
     """Greedy restoration from everything ablated until `target` is recovered (at most
@@ -109,12 +107,10 @@ def minimal_circuit(study: Study, target: float | int, max_size: int | None) -> 
                        "below_target": bool(w < target)}
                       for m, w in zip(members, without)]
     return jsonable({"target": target, "members": members, "size": len(members),
-                  "share": len(members) / len(study.names), "faithfulness": recovered,
-                  "reached": bool(recovered >= target), "metric_all_ablated": floor,
-                  "metric_circuit": metric, "steps": steps, "minimality": minimality,
-                  "minimal": all(m["hurts"] for m in minimality)})
-
-
+                     "share": len(members) / len(study.names), "faithfulness": recovered,
+                     "reached": bool(recovered >= target), "metric_all_ablated": floor,
+                     "metric_circuit": metric, "steps": steps, "minimality": minimality,
+                     "minimal": all(m["hurts"] for m in minimality)})
 
 def interactions(study: Study, top_k: int | None) -> dict[str, Any]:
     """Joint ablation of every pair of the top-k components by importance, |effect| (a
@@ -125,11 +121,10 @@ def interactions(study: Study, top_k: int | None) -> dict[str, Any]:
     chosen = np.sort(np.argsort(-np.abs(e.mean), kind="stable")[:k])
     names = [study.names[i] for i in chosen]
     pairs = [[a, b] for a, b in itertools.combinations(names, 2)]
-    joint = study.stats_of(study.effect_of(study.sweep_sets(pairs, study.ablation, "interactions")))
+    ablated = study.sweep_sets(pairs, study.ablation, "interactions")
+    joint = study.stats_of(study.effect_of(ablated))
     matrix, records = interaction_table(names, e.mean[chosen], e.no_effect[chosen], joint)
     return jsonable({"components": names, "matrix": matrix, "pairs": records})
-
-
 
 def compare_ablations(study: Study, types: Sequence[str]) -> dict[str, Any]:
     """The single study under each ablation type: effects, Spearman correlations, verdict
