@@ -12,11 +12,12 @@ flowing one way (docs/architecture.md): model -> ablation -> engine -> store / s
 study -> report -> cli.
 """
 
-from jaxablate import report, tasks
+from jaxablate import patching, report, tasks
 from jaxablate.ablation import masks, metrics
 from jaxablate.ablation.components import Component, parse_component
 from jaxablate.ablation.masks import MaskSet
-from jaxablate.ablation.replacements import mean_replacement, resample_replacement, zero_replacement
+from jaxablate.ablation.replacements import (mean_replacement, patch_replacement,
+                                             resample_replacement, zero_replacement)
 from jaxablate.engine.sweeping import NonFiniteMetricError, clean_metric, planned_chunk_size
 from jaxablate.errors import InputError, InputTypeError
 from jaxablate.model.batched import Cache, attach_sae, forward, run_with_cache
@@ -68,6 +69,8 @@ __all__ = [
     "parse_component",
     "report",
     "planned_chunk_size",
+    "patch_replacement",
+    "patching",
     "resample_replacement",
     "run_with_cache",
     "save_gpt2",

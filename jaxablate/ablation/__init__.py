@@ -3,7 +3,7 @@
     components.py    component names as researchers write them ("5.2", "mlp8", "n3.1207")
     mask_set.py      MaskSet: N masks, described sparsely, materialised chunk by chunk
     masks.py         its constructors (single_heads, head_pairs, ...): `ja.masks`
-    replacements.py  zero, mean and resample replacement values
+    replacements.py  zero, mean, resample and patch replacement values
     metrics.py       what a sweep measures (logit_diff, loss, ...) and the sign vocabulary
 
 Built on the model wing (the Mask and Replacement data types live there, beside the model
@@ -13,7 +13,8 @@ that blends them).
 from jaxablate.ablation import masks, metrics
 from jaxablate.ablation.components import Component, parse_component
 from jaxablate.ablation.masks import MaskSet
-from jaxablate.ablation.replacements import mean_replacement, resample_replacement, zero_replacement
+from jaxablate.ablation.replacements import (mean_replacement, patch_replacement,
+                                             resample_replacement, zero_replacement)
 
 __all__ = ["Component", "MaskSet", "masks", "mean_replacement", "metrics", "parse_component",
-           "resample_replacement", "zero_replacement"]
+           "patch_replacement", "resample_replacement", "zero_replacement"]

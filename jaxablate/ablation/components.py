@@ -8,6 +8,11 @@
     "resid4@7" or ("resid", 4, 7)         residual stream entering layer 4 at position 7
                                                                                 -> positions[4, 7]
     "sae123" or ("sae", 123)              SAE feature 123                       -> sae_features[123]
+    "mid4@7" or ("mid", 4, 7)             the stream after layer 4's attention at position 7
+                                                                                -> mid_positions[4, 7]
+    "mlp8@7" or ("mlp", 8, 7)             MLP 8's output at position 7          -> mlp_positions[8, 7]
+    "5.2.q@7" or ("q", 5, 2, 7)           head 5.2's query vector at position 7 -> q_positions[5, 7, 2]
+    "5.2.k@7", "5.2.v@7"                  its key and value vectors there       -> k/v_positions
 """
 
 from __future__ import annotations
@@ -35,6 +40,11 @@ class Component(NamedTuple):
             "neurons": lambda: f"n{i[0]}.{i[1]}",
             "positions": lambda: f"resid{i[0]}@{i[1]}",
             "sae_features": lambda: f"sae{i[0]}",
+            "mid_positions": lambda: f"mid{i[0]}@{i[1]}",
+            "mlp_positions": lambda: f"mlp{i[0]}@{i[1]}",
+            "q_positions": lambda: f"{i[0]}.{i[2]}.q@{i[1]}",
+            "k_positions": lambda: f"{i[0]}.{i[2]}.k@{i[1]}",
+            "v_positions": lambda: f"{i[0]}.{i[2]}.v@{i[1]}",
         }[self.kind]()
 
 
@@ -45,6 +55,11 @@ _PATTERNS = [
     (re.compile(r"^(?:n|neuron\s+)(\d+)\.(\d+)$"), lambda g: ("neurons", (g[0], g[1]))),
     (re.compile(r"^resid\s*(\d+)@(\d+)$"), lambda g: ("positions", (g[0], g[1]))),
     (re.compile(r"^sae\s*(\d+)$"), lambda g: ("sae_features", (g[0],))),
+    (re.compile(r"^mid\s*(\d+)@(\d+)$"), lambda g: ("mid_positions", (g[0], g[1]))),
+    (re.compile(r"^mlp\s*(\d+)@(\d+)$"), lambda g: ("mlp_positions", (g[0], g[1]))),
+    (re.compile(r"^(\d+)\.(\d+)\.q@(\d+)$"), lambda g: ("q_positions", (g[0], g[2], g[1]))),
+    (re.compile(r"^(\d+)\.(\d+)\.k@(\d+)$"), lambda g: ("k_positions", (g[0], g[2], g[1]))),
+    (re.compile(r"^(\d+)\.(\d+)\.v@(\d+)$"), lambda g: ("v_positions", (g[0], g[2], g[1]))),
 ]
 _TUPLE_KINDS = {
     ("head", 3): lambda t: ("heads", (t[1], t[2])),
@@ -53,8 +68,14 @@ _TUPLE_KINDS = {
     ("neuron", 3): lambda t: ("neurons", (t[1], t[2])),
     ("resid", 3): lambda t: ("positions", (t[1], t[2])),
     ("sae", 2): lambda t: ("sae_features", (t[1],)),
+    ("mid", 3): lambda t: ("mid_positions", (t[1], t[2])),
+    ("mlp", 3): lambda t: ("mlp_positions", (t[1], t[2])),
+    ("q", 4): lambda t: ("q_positions", (t[1], t[3], t[2])),
+    ("k", 4): lambda t: ("k_positions", (t[1], t[3], t[2])),
+    ("v", 4): lambda t: ("v_positions", (t[1], t[3], t[2])),
 }
-_EXAMPLES = '"5.2", "5.2@7", "mlp8", "n3.1207", "resid4@7", "sae123" or ("head", 5, 2)'
+_EXAMPLES = ('"5.2", "5.2@7", "mlp8", "n3.1207", "resid4@7", "sae123", "mid4@7", "mlp8@7", '
+             '"5.2.q@7" or ("head", 5, 2)')
 
 
 def parse_component(spec: Any) -> Component:
@@ -93,6 +114,11 @@ def check_component(
         "neurons": [("layer", cfg.n_layers), ("neuron", cfg.d_mlp)],
         "positions": [("layer", cfg.n_layers), ("position", seq_len)],
         "sae_features": [("SAE feature", n_features)],
+        "mid_positions": [("layer", cfg.n_layers), ("position", seq_len)],
+        "mlp_positions": [("layer", cfg.n_layers), ("position", seq_len)],
+        "q_positions": [("layer", cfg.n_layers), ("position", seq_len), ("head", cfg.n_heads)],
+        "k_positions": [("layer", cfg.n_layers), ("position", seq_len), ("head", cfg.n_heads)],
+        "v_positions": [("layer", cfg.n_layers), ("position", seq_len), ("head", cfg.n_heads)],
     }[component.kind]
     for value, (what, limit) in zip(component.index, limits):
         if limit is None:

@@ -19,7 +19,7 @@ from jaxablate.ablation.components import Component, check_component, parse_comp
 from jaxablate.ablation.mask_set import MaskSet
 from jaxablate.errors import InputError
 from jaxablate.model.config import GPT2Config
-from jaxablate.model.mask import Mask
+from jaxablate.model.mask import POSITION_KINDS, Mask
 from jaxablate.model.validation import check_mask
 
 __all__ = ["MaskSet", "concat", "from_components", "from_stacked", "head_pairs", "positions",
@@ -207,10 +207,10 @@ def from_stacked(mask: Mask, cfg: GPT2Config, *, seq_len: int | None = None,
 
 
 def _seq_of(mask: Mask) -> int | None:
-    for kind, axis in (("head_positions", 2), ("positions", 2)):
+    for kind in POSITION_KINDS:  # stacked: [n, layer, seq, ...]
         value = getattr(mask, kind)
-        if value is not None and np.ndim(value) > axis:
-            return int(np.shape(value)[axis])
+        if value is not None and np.ndim(value) > 2:
+            return int(np.shape(value)[2])
     return None
 
 

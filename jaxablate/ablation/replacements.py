@@ -1,4 +1,4 @@
-"""Constructors of replacement values: zero, mean over a reference set, resample.
+"""Constructors of replacement values: zero, mean over a reference set, resample, patch.
 
 All of them come from clean forward passes (no ablation), so a component's replacement never
 depends on which other components a mask ablates.
@@ -35,21 +35,20 @@ def zero_replacement(model: GPT2) -> Replacement:
     """
     c = model.cfg
     sae = None if model.sae is None else jnp.zeros((1, model.sae.n_features), jnp.float32)
-    return Replacement(
-        z=jnp.zeros((c.n_layers, 1, c.n_heads, c.d_head), jnp.float32),
-        mlp_out=jnp.zeros((c.n_layers, 1, c.d_model), jnp.float32),
-        post=jnp.zeros((c.n_layers, 1, c.d_mlp), jnp.float32),
-        resid=jnp.zeros((c.n_layers, 1, c.d_model), jnp.float32),
-        sae_features=sae,
-        kind="zero",
-    )
+    heads = jnp.zeros((c.n_layers, 1, c.n_heads, c.d_head), jnp.float32)
+    stream = jnp.zeros((c.n_layers, 1, c.d_model), jnp.float32)
+    return Replacement(z=heads, mlp_out=stream, post=jnp.zeros((c.n_layers, 1, c.d_mlp),
+                       jnp.float32), resid=stream, sae_features=sae, resid_mid=stream,
+                       q=heads, k=heads, v=heads, kind="zero")
 
 
 def _activations(model: GPT2, tokens: np.ndarray) -> dict[str, jnp.ndarray]:
     """Clean activations [batch, layer, seq, ...] of every ablation point for `tokens`."""
-    _, cache = run_with_cache(model, tokens, names=("resid_pre", "z", "post", "mlp_out"))
+    _, cache = run_with_cache(model, tokens, names=("resid_pre", "z", "post", "mlp_out",
+                                                    "resid_mid", "q", "k", "v"))
     acts = {"z": cache.z, "post": cache.post, "mlp_out": cache.mlp_out,
-            "resid": cache.resid_pre[:, :-1]}
+            "resid": cache.resid_pre[:, :-1], "resid_mid": cache.resid_mid, "q": cache.q,
+            "k": cache.k, "v": cache.v}
     if model.sae is not None:
         acts["sae_features"] = jax.vmap(model.sae.encode)(cache.resid_pre[:, model.sae.layer])
     return acts
@@ -139,3 +138,29 @@ def resample_replacement(model: GPT2, tokens: Any, key: Any, *,
     values = {name: value[source] for name, value in acts.items()}
     return Replacement(**values, source_index=jnp.asarray(source, jnp.int32), kind="resample",
                        per_example=True)
+
+
+def patch_replacement(model: GPT2, source_tokens: Any) -> Replacement:
+    """Per-example values from a paired source run: example i of the evaluated prompts is
+    blended towards example i of `source_tokens` (activation patching).
+
+    source_tokens: int [batch, seq], the same shape as the prompts the sweep evaluates (the
+    pairing is by index; `jaxablate.sweep` refuses another batch size or length). With it,
+    `sweep(model, corrupted, masks, patch_replacement(model, clean), metric)` is
+    "denoising" patching (clean activations into the corrupted run) and swapping the two
+    prompt sets is "noising". Same shape contract as `resample_replacement`, with a fixed
+    pairing: `.source_index` is 0 .. batch-1.
+
+    Example:
+        >>> r = patch_replacement(model, clean_tokens)
+        >>> r.per_example, r.z.shape               # True, [batch, layer, seq, head, d_head]
+        >>> out = sweep(model, corrupted_tokens, masks.positions(cfg, seq), r, metric)
+    """
+    tokens = check_tokens(source_tokens, model.cfg)
+    values: dict[str, list] = {}
+    for start in range(0, len(tokens), _REFERENCE_BATCH):
+        for name, value in _activations(model, tokens[start:start + _REFERENCE_BATCH]).items():
+            values.setdefault(name, []).append(value)
+    joined = {name: jnp.concatenate(parts) for name, parts in values.items()}
+    return Replacement(**joined, source_index=jnp.arange(len(tokens), dtype=jnp.int32),
+                       kind="patch", per_example=True)

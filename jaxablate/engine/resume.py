@@ -7,8 +7,9 @@ every mask shares (the model itself, `jaxablate.model.gpt2`, knows nothing of th
 
 The sweep runs the clean forward once, caching the stream entering every layer (and each
 layer's unablated attention). A mask that first touches layer L resumes from the cached
-stream there; when it leaves that stream alone (no positions, no SAE features), layer L's
-clean attention is reused too and only its ablated heads' z change, by a delta through W_O.
+stream there; when it leaves that stream and the attention's inputs alone (no positions, SAE
+features, q, k or v), layer L's clean attention is reused too and only its ablated heads' z
+change, by a delta through W_O.
 A mask touching several layers resumes from a shared "parent" trajectory (the mask restricted
 to its earlier layers) at its last layer. Every path gives the numbers of a plain forward
 (tests/test_engine_paths.py checks each against a loop of `jaxablate.forward`).
@@ -23,7 +24,7 @@ import jax.numpy as jnp
 from jaxtyping import Array, Float, Int
 
 from jaxablate.model.gpt2 import GPT2
-from jaxablate.model.mask import Mask
+from jaxablate.model.mask import REATTEND_BREAKING, Mask
 from jaxablate.model.replacement import Replacement
 
 
@@ -37,13 +38,15 @@ def reattend(
     queries: Int[Array, " k"] | None = None,
 ) -> Float[Array, "rows d_model"]:
     """The stream after attention, given the unablated `resid_mid` and `z` of this layer
-    (computed from the same incoming stream): only point [2] changes, by a delta through
-    W_O. Skips the layer's QKV, scores and softmax; with a keep-all mask the delta is
-    exactly zero and `resid_mid` comes back bit for bit."""
+    (computed from the same incoming stream): only points [2] and [m] change, [2] by a delta
+    through W_O. Skips the layer's QKV, scores and softmax; with a keep-all mask the delta is
+    exactly zero and `resid_mid` comes back bit for bit. (A mask changing q, k or v cannot
+    take this path: the plan turns attention reuse off for those kinds.)"""
     if queries is not None:
         z, resid_mid = z[queries], resid_mid[queries]
     delta = model.ablate_z(layer, z, mask, replacement, queries) - z
-    return resid_mid + model.matmul("she,hed->sd", delta, model.blocks.W_O[layer])
+    mid = resid_mid + model.matmul("she,hed->sd", delta, model.blocks.W_O[layer])
+    return model.ablate_mid(layer, mid, mask, replacement, queries)
 
 
 def resume(
@@ -64,8 +67,8 @@ def resume(
     sweep runs the clean prefix once and resumes each mask from its first touched layer.
     `attended`: the unablated (resid_mid, z) of layer `start` from the same stream `x`;
     then layer `start` reuses them (`reattend`) instead of recomputing its attention.
-    That needs a mask that leaves the stream entering `start` alone (no positions or SAE
-    features kind). Forward-only (a loop with a data-dependent trip count has no
+    That needs a mask that leaves the layer's attention and the stream entering `start`
+    alone (no kind of `REATTEND_BREAKING`: positions, SAE features, q, k, v). Forward-only (a loop with a data-dependent trip count has no
     reverse-mode derivative).
     """
 
@@ -85,9 +88,9 @@ def resume(
         return model.unembed(read, columns)
 
     # The plan never asks for this (attention reuse is off for these kinds): a bug, not input.
-    assert mask.positions is None and mask.sae_features is None, (
-        "resume(attended=...) needs a mask without positions or SAE features: they change "
-        "the stream entering the layer")
+    assert all(getattr(mask, kind) is None for kind in REATTEND_BREAKING), (
+        f"resume(attended=...) needs a mask without {REATTEND_BREAKING}: they change the "
+        "layer's attention or the stream entering it")
     resid_mid, z = attended
 
     def first_then_rest(x):  # start < last
@@ -133,7 +136,7 @@ def trajectory(
             # Keep this layer's *unablated* attention, which is what `resume(attended=)`
             # takes: a child resuming here blends its own keep-weights into it, once. (The
             # parent's blended z would be blended twice: m^2 h + (1 - m^2) r.)
-            clean_mid, clean_z, _ = model.attend(layer, x, Mask(), replacement)
+            clean_mid, clean_z, _, _ = model.attend(layer, x, Mask(), replacement)
             mid, z = mid.at[layer].set(clean_mid), z.at[layer].set(clean_z)
             x = reattend(model, layer, clean_mid, clean_z, mask, replacement)
             x = model.feed_forward(layer, x, mask, replacement)[0]

@@ -30,7 +30,7 @@ from jaxablate.engine.schedule import check_chunk_size
 from jaxablate.engine.sharding import placement
 from jaxablate.model.batched import validate_call
 from jaxablate.model.gpt2 import GPT2
-from jaxablate.model.mask import Mask
+from jaxablate.model.mask import REATTEND_BREAKING, Mask
 from jaxablate.model.replacement import Replacement
 from jaxablate.model.validation import check_progress, check_replacement
 
@@ -221,10 +221,10 @@ def sweep(
     columns_j = None if columns is None else place.replicate(jnp.asarray(columns))
     data_j = place.replicate({k: jnp.asarray(v) for k, v in data.items()})
     resid, attended, clean = _clean_pass(model, tokens_j, positions_j, columns_j)
-    # A mask set that never changes the stream entering a layer (no positions, no SAE
-    # features) reuses the clean attention of the layer it resumes at: only the ablated
-    # heads' z change there, by a delta through W_O.
-    if not reuse_prefix or {"positions", "sae_features"} & set(mask_set.kinds):
+    # A mask set that never changes the stream entering a layer or its attention's inputs
+    # (no positions, SAE features, q, k, v) reuses the clean attention of the layer it
+    # resumes at: only the ablated heads' z change there, by a delta through W_O.
+    if not reuse_prefix or set(REATTEND_BREAKING) & set(mask_set.kinds):
         attended = None
     out = np.empty((n, batch), np.float32)
     done = 0

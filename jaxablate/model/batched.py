@@ -2,7 +2,7 @@
 
 `forward` gives logits; `run_with_cache` also returns activations at the ablation points, with
 the TransformerLens names researchers know (`hook_z`, `mlp.hook_post`, `hook_mlp_out`,
-`hook_resid_pre`, `attn.hook_pattern`).
+`hook_resid_pre`, `hook_resid_mid`, `attn.hook_pattern`, `attn.hook_q/k/v`).
 """
 
 from __future__ import annotations
@@ -90,7 +90,8 @@ class Cache(eqx.Module):
 
     resid_pre [batch, layer+1, seq, d_model] (row n_layers is the final residual stream),
     z [batch, layer, seq, head, d_head], post [batch, layer, seq, neuron],
-    mlp_out [batch, layer, seq, d_model], pattern [batch, layer, head, seq, key].
+    mlp_out [batch, layer, seq, d_model], pattern [batch, layer, head, seq, key],
+    q, k, v [batch, layer, seq, head, d_head], resid_mid [batch, layer, seq, d_model].
     """
 
     resid_pre: Float[Array, "batch layer_plus_1 seq d_model"] | None = None
@@ -98,12 +99,17 @@ class Cache(eqx.Module):
     post: Float[Array, "batch layer seq neuron"] | None = None
     mlp_out: Float[Array, "batch layer seq d_model"] | None = None
     pattern: Float[Array, "batch layer head seq key"] | None = None
+    q: Float[Array, "batch layer seq head d_head"] | None = None
+    k: Float[Array, "batch layer seq head d_head"] | None = None
+    v: Float[Array, "batch layer seq head d_head"] | None = None
+    resid_mid: Float[Array, "batch layer seq d_model"] | None = None
 
     def hook(self, name: str) -> Array:
         """The value TransformerLens's hook `name` sees, e.g. "blocks.5.attn.hook_z":
-        [batch, seq, head, d_head] for hook_z, [batch, seq, d_model] for hook_resid_pre,
-        hook_resid_post (the stream leaving layer L) and hook_mlp_out, [batch, seq, neuron]
-        for mlp.hook_post, [batch, head, seq, key] for attn.hook_pattern.
+        [batch, seq, head, d_head] for hook_z and attn.hook_q/k/v, [batch, seq, d_model] for
+        hook_resid_pre, hook_resid_mid, hook_resid_post (the stream leaving layer L) and
+        hook_mlp_out, [batch, seq, neuron] for mlp.hook_post, [batch, head, seq, key] for
+        attn.hook_pattern.
 
         Example:
             >>> cache.hook("blocks.11.hook_resid_post").shape     # the final residual stream
@@ -112,7 +118,8 @@ class Cache(eqx.Module):
         parts = name.split(".")
         table = {"attn.hook_z": "z", "mlp.hook_post": "post", "hook_mlp_out": "mlp_out",
                  "hook_resid_pre": "resid_pre", "hook_resid_post": "resid_pre",
-                 "attn.hook_pattern": "pattern"}
+                 "attn.hook_pattern": "pattern", "attn.hook_q": "q", "attn.hook_k": "k",
+                 "attn.hook_v": "v", "hook_resid_mid": "resid_mid"}
         field = table.get(".".join(parts[2:])) if len(parts) > 2 else None
         if parts[0] != "blocks" or field is None or not parts[1].isdigit():
             raise InputError(f"unknown hook name {name!r}; known: blocks.L.{{{', '.join(table)}}}")

@@ -5,11 +5,13 @@ Numerics follow Hugging Face's `GPT2LMHeadModel` (REFERENCE.md): LayerNorm eps f
 the softmax, tied unembedding without bias. In bfloat16 the matmul inputs are bfloat16 while
 LayerNorm, softmax, the residual stream and every accumulation stay float32.
 
-Ablation hooks in as a blend `m * h + (1 - m) * r` at five named points (see `mask.py`):
+Ablation hooks in as a blend `m * h + (1 - m) * r` at named points (see `mask.py`):
   [1] residual stream entering a layer (mask.positions, and the SAE's features),
+  [q] each head's query, key and value vectors (mask.q/k/v_positions),
   [2] each head's z before W_O (mask.heads, mask.head_positions),
+  [m] the stream after attention (mask.mid_positions),
   [3] each MLP neuron after the GELU (mask.neurons),
-  [4] each MLP layer's output (mask.mlps).
+  [4] each MLP layer's output (mask.mlps, mask.mlp_positions).
 A mask field that is None skips its blend entirely; the mask is never structure otherwise.
 """
 
@@ -27,9 +29,8 @@ from jaxablate.model.mask import Mask
 from jaxablate.model.replacement import Replacement
 from jaxablate.model.sae import SAE
 
-# Activations `run(..., collect=...)` can return, per layer (the sweep's clean pass also
-# collects "resid_mid", the stream after attention).
-ACTIVATIONS = ("resid_pre", "z", "post", "mlp_out", "pattern")
+# Activations `run(..., collect=...)` can return, per layer.
+ACTIVATIONS = ("resid_pre", "z", "post", "mlp_out", "pattern", "q", "k", "v", "resid_mid")
 
 
 class Blocks(eqx.Module):
@@ -158,11 +159,12 @@ class GPT2(eqx.Module):
         come from every position): the last layer needs no more than the rows read.
         """
         resid_pre = x
-        x, z, pattern = self.attend(layer, x, mask, replacement, queries)
+        x, z, pattern, qkv = self.attend(layer, x, mask, replacement, queries)
+        x = self.ablate_mid(layer, x, mask, replacement, queries)
         resid_mid = x
         x, post, mlp_out = self.feed_forward(layer, x, mask, replacement, queries)
         acts = {"resid_pre": resid_pre, "resid_mid": resid_mid, "z": z, "post": post,
-                "mlp_out": mlp_out, "pattern": pattern}
+                "mlp_out": mlp_out, "pattern": pattern, "q": qkv[0], "k": qkv[1], "v": qkv[2]}
         return x, acts
 
     def attend(
@@ -173,20 +175,29 @@ class GPT2(eqx.Module):
         replacement: Replacement,
         queries: Int[Array, " k"] | None = None,
     ) -> tuple[Float[Array, "rows d_model"], Float[Array, "rows head d_head"],
-               Float[Array, "head rows seq"]]:
-        """The attention half of a block: (stream after attention, z after point [2], pattern)."""
+               Float[Array, "head rows seq"], tuple[Array, Array, Array]]:
+        """The attention half of a block: (stream after attention, z after point [2], pattern,
+        (q, k, v) after point [q]: q [rows, head, d_head], k and v [seq, head, d_head])."""
         p = jax.tree_util.tree_map(lambda a: a[layer], self.blocks)
         seq = x.shape[0]
         rows = _rows(queries)
         h = _layer_norm(x, p.ln1_w, p.ln1_b, self.cfg.layer_norm_eps)
         qkv = self.matmul("sd,dthe->sthe", h, p.W_qkv) + _f32(p.b_qkv)
         q, k, v = rows(qkv[:, 0]), qkv[:, 1], qkv[:, 2]
+        # [q] a head's query, key or value vector at single positions (activation patching).
+        if mask.q_positions is not None:
+            q = _blend(q, rows(mask.q_positions[layer])[:, :, None], rows(replacement.q[layer]))
+        if mask.k_positions is not None:
+            k = _blend(k, mask.k_positions[layer][:, :, None], replacement.k[layer])
+        if mask.v_positions is not None:
+            v = _blend(v, mask.v_positions[layer][:, :, None], replacement.v[layer])
         scores = self.matmul("qhe,khe->hqk", q, k) / math.sqrt(self.cfg.d_head)
         causal = rows(jnp.tril(jnp.ones((seq, seq), bool)))
         pattern = jax.nn.softmax(jnp.where(causal[None], scores, -jnp.inf), axis=-1)
         z = self.ablate_z(layer, self.matmul("hqk,khe->qhe", pattern, v), mask, replacement,
                           queries)
-        return rows(x) + self.matmul("she,hed->sd", z, p.W_O) + _f32(p.b_O), z, pattern
+        out = rows(x) + self.matmul("she,hed->sd", z, p.W_O) + _f32(p.b_O)
+        return out, z, pattern, (q, k, v)
 
     def ablate_z(
         self,
@@ -204,6 +215,25 @@ class GPT2(eqx.Module):
             z = _blend(z, rows(mask.head_positions[layer])[:, :, None],
                        rows(replacement.z[layer]))
         return z
+
+    def ablate_mid(
+        self,
+        layer: Int[Array, ""],
+        x: Float[Array, "rows d_model"],
+        mask: Mask,
+        replacement: Replacement,
+        queries: Int[Array, " k"] | None = None,
+    ) -> Float[Array, "rows d_model"]:
+        """[m] the stream after the layer's attention, at chosen positions (TL resid_mid).
+
+        The one blend inside a block: XLA fuses it into the MLP's LayerNorm, so a keep-all
+        mid_positions mask reproduces the clean logits up to float32 rounding (~1e-6), not
+        bit for bit as every other kind does (see `enter`)."""
+        if mask.mid_positions is None:
+            return x
+        rows = _rows(queries)
+        return _blend(x, rows(mask.mid_positions[layer])[:, None],
+                      rows(replacement.resid_mid[layer]))
 
     def feed_forward(
         self,
@@ -223,9 +253,12 @@ class GPT2(eqx.Module):
         if mask.neurons is not None:
             post = _blend(post, mask.neurons[layer][None, :], rows(replacement.post[layer]))
         mlp_out = self.matmul("sn,nd->sd", post, p.W_out) + _f32(p.b_out)
-        # [4] the whole MLP's output.
+        # [4] the whole MLP's output, at every position or at chosen ones.
         if mask.mlps is not None:
             mlp_out = _blend(mlp_out, mask.mlps[layer], rows(replacement.mlp_out[layer]))
+        if mask.mlp_positions is not None:
+            mlp_out = _blend(mlp_out, rows(mask.mlp_positions[layer])[:, None],
+                             rows(replacement.mlp_out[layer]))
         return x + mlp_out, post, mlp_out
 
     def run(
@@ -241,7 +274,8 @@ class GPT2(eqx.Module):
 
         Collected activations are stacked over layers: resid_pre [layer+1, seq, d_model] (the
         last row is the final residual stream), z [layer, seq, head, d_head],
-        post [layer, seq, neuron], mlp_out [layer, seq, d_model], pattern [layer, head, seq, key].
+        post [layer, seq, neuron], mlp_out [layer, seq, d_model], pattern [layer, head, seq, key],
+        q, k, v [layer, seq, head, d_head] (after point [q]), resid_mid [layer, seq, d_model].
         Inputs are trusted here; `jaxablate.forward` validates them.
         """
         mask = Mask() if mask is None else mask

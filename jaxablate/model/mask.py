@@ -14,6 +14,11 @@ what gradients with respect to the mask need). What "the component's output" is:
     neurons         [layer, neuron]     a post-GELU activation (TL `blocks.L.mlp.hook_post`)
     positions       [layer, seq]        the residual stream entering the layer at a position
                                         (TL `blocks.L.hook_resid_pre`)
+    mid_positions   [layer, seq]        the stream after the layer's attention at a position
+                                        (TL `blocks.L.hook_resid_mid`)
+    mlp_positions   [layer, seq]        the MLP's output at a position (TL `hook_mlp_out[:, p]`)
+    q_positions     [layer, seq, head]  a head's query vector at a position (TL `attn.hook_q`);
+    k_positions, v_positions            its key and value vectors (`attn.hook_k`, `hook_v`)
     sae_features    [feature]           an SAE feature at the SAE's hook point:
                                         x - (1 - m_f) * (a_f - r_f) * d_f
 
@@ -33,7 +38,14 @@ from jaxtyping import Array, Float
 from jaxablate.errors import InputError
 from jaxablate.model.config import GPT2Config
 
-MASK_KINDS = ("heads", "head_positions", "mlps", "neurons", "positions", "sae_features")
+MASK_KINDS = ("heads", "head_positions", "mlps", "neurons", "positions", "sae_features",
+              "mid_positions", "mlp_positions", "q_positions", "k_positions", "v_positions")
+# Kinds indexed by token position: a mask set of them needs seq_len.
+POSITION_KINDS = ("head_positions", "positions", "mid_positions", "mlp_positions",
+                  "q_positions", "k_positions", "v_positions")
+# Kinds that change a layer's attention itself (its queries, keys or values), or the stream
+# entering it: a sweep cannot reuse that layer's clean attention for them.
+REATTEND_BREAKING = ("positions", "sae_features", "q_positions", "k_positions", "v_positions")
 
 
 class Mask(eqx.Module):
@@ -41,7 +53,8 @@ class Mask(eqx.Module):
 
     Shapes without the optional leading mask axis `n`:
     heads [layer, head], head_positions [layer, seq, head], mlps [layer],
-    neurons [layer, neuron], positions [layer, seq], sae_features [feature].
+    neurons [layer, neuron], positions [layer, seq], sae_features [feature],
+    mid_positions and mlp_positions [layer, seq], q/k/v_positions [layer, seq, head].
 
     Example:
         >>> m = Mask.keep_all(model.cfg)                       # heads, mlps, neurons = 1
@@ -55,6 +68,11 @@ class Mask(eqx.Module):
     neurons: Float[Array, "*n layer neuron"] | None = None
     positions: Float[Array, "*n layer seq"] | None = None
     sae_features: Float[Array, "*n feature"] | None = None
+    mid_positions: Float[Array, "*n layer seq"] | None = None
+    mlp_positions: Float[Array, "*n layer seq"] | None = None
+    q_positions: Float[Array, "*n layer seq head"] | None = None
+    k_positions: Float[Array, "*n layer seq head"] | None = None
+    v_positions: Float[Array, "*n layer seq head"] | None = None
 
     @classmethod
     def keep_all(
@@ -67,8 +85,8 @@ class Mask(eqx.Module):
     ) -> "Mask":
         """A mask of ones for the given kinds (it reproduces the clean forward exactly).
 
-        `seq_len` is needed for "head_positions" and "positions", `n_features` for
-        "sae_features". Used as the point where gradients are taken (attribution).
+        `seq_len` is needed for the kinds indexed by position (`POSITION_KINDS`),
+        `n_features` for "sae_features". Used as the point where gradients are taken (attribution).
 
         Example:
             >>> Mask.keep_all(cfg).heads.shape
@@ -78,8 +96,9 @@ class Mask(eqx.Module):
         unknown = [k for k in kinds if k not in MASK_KINDS]
         if unknown:
             raise InputError(f"unknown mask kinds {unknown}; known kinds are {list(MASK_KINDS)}")
-        if seq_len is None and ("head_positions" in kinds or "positions" in kinds):
-            raise InputError("Mask.keep_all needs seq_len for 'head_positions' or 'positions'")
+        if seq_len is None and set(kinds) & set(POSITION_KINDS):
+            raise InputError(f"Mask.keep_all needs seq_len for "
+                             f"{[k for k in kinds if k in POSITION_KINDS]}")
         if n_features is None and "sae_features" in kinds:
             raise InputError("Mask.keep_all needs n_features for 'sae_features'")
         shapes = kind_shapes(cfg, seq_len=seq_len, n_features=n_features)
@@ -107,4 +126,9 @@ def kind_shapes(
         "neurons": (cfg.n_layers, cfg.d_mlp),
         "positions": (cfg.n_layers, seq_len),
         "sae_features": (n_features,),
+        "mid_positions": (cfg.n_layers, seq_len),
+        "mlp_positions": (cfg.n_layers, seq_len),
+        "q_positions": (cfg.n_layers, seq_len, cfg.n_heads),
+        "k_positions": (cfg.n_layers, seq_len, cfg.n_heads),
+        "v_positions": (cfg.n_layers, seq_len, cfg.n_heads),
     }

@@ -106,7 +106,9 @@ def check_mask(
         if have != want:
             axes = {"heads": "layer, head", "head_positions": "layer, seq, head",
                     "mlps": "layer", "neurons": "layer, neuron", "positions": "layer, seq",
-                    "sae_features": "feature"}[kind]
+                    "sae_features": "feature", "mid_positions": "layer, seq",
+                    "mlp_positions": "layer, seq", "q_positions": "layer, seq, head",
+                    "k_positions": "layer, seq, head", "v_positions": "layer, seq, head"}[kind]
             prefix = "n, " if stacked else ""
             raise InputError(f"mask.{kind}: expected [{prefix}{axes}] = "
                              f"{([array.shape[0]] if stacked and array.ndim else []) + list(want)}"
@@ -154,6 +156,10 @@ def check_replacement(
         "post": (d.n_layers, None, d.d_mlp),
         "resid": (d.n_layers, None, d.d_model),
         "sae_features": (None, n_features),
+        "resid_mid": (d.n_layers, None, d.d_model),
+        "q": (d.n_layers, None, d.n_heads, d.d_head),
+        "k": (d.n_layers, None, d.n_heads, d.d_head),
+        "v": (d.n_layers, None, d.n_heads, d.d_head),
     }
     for kind in mask_kinds:
         field = FIELD_FOR_KIND[kind]

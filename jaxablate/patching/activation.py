@@ -1,0 +1,159 @@
+"""Activation patching, function for function as TransformerLens's `transformer_lens.patching`,
+each one vectorised sweep instead of a Python loop of hooked forward passes.
+
+    resid_pre(model, tokens, source_tokens, metric)          [layer, pos]
+    attn_head_out_by_pos(model, tokens, source_tokens, m)     [layer, pos, head]
+    block_every(model, tokens, source_tokens, m)              [3, layer, pos]
+
+`tokens` is the run patched into, `source_tokens` the run the values come from (example i
+from example i): corrupted tokens with clean sources is "denoising", clean tokens with
+corrupted sources "noising". TL's `get_act_patch_resid_pre(model, corrupted_tokens,
+clean_cache, metric)` is `resid_pre(model, corrupted_tokens, clean_tokens, metric)` when TL's
+metric is the batch mean of jaxablate's per-example metric. Each function returns that mean,
+or with `per_example=True` the pair (mean, values with a trailing batch axis).
+"""
+
+from __future__ import annotations
+
+import itertools
+from typing import Any
+
+import numpy as np
+
+from jaxablate.ablation.masks import MaskSet, concat, from_components
+from jaxablate.ablation.metrics import check_metric
+from jaxablate.ablation.replacements import patch_replacement
+from jaxablate.engine.sweeping import sweep
+from jaxablate.errors import InputError
+from jaxablate.model.batched import validate_call
+from jaxablate.model.config import GPT2Config
+from jaxablate.model.gpt2 import GPT2
+
+
+def check_source(model: GPT2, tokens: Any, source_tokens: Any) -> tuple[np.ndarray, np.ndarray]:
+    """Both prompt sets checked, int32 [batch, seq] each; InputError unless they pair up
+    example by example (same batch size and length)."""
+    tokens = validate_call(model, tokens, None, None)
+    try:
+        source = validate_call(model, source_tokens, None, None)
+    except InputError as error:
+        raise InputError(f"source_tokens: {error}") from None
+    if source.shape != tokens.shape:
+        raise InputError(f"source_tokens: expected [batch, seq] = {list(tokens.shape)} like "
+                         f"tokens, got {list(source.shape)}; patching pairs example i of "
+                         "tokens with example i of source_tokens, position by position")
+    return tokens, source
+
+
+def _grid(cfg: GPT2Config, seq: int, what: str) -> tuple[list[list[str]], tuple[int, ...]]:
+    """One component group per patch of `what` (TL's name), and the result's shape."""
+    L, H = range(cfg.n_layers), range(cfg.n_heads)
+    P = range(seq)
+    if what == "resid_pre":
+        return [[f"resid{layer}@{p}"] for layer, p in itertools.product(L, P)], (len(L), seq)
+    if what == "resid_mid":
+        return [[f"mid{layer}@{p}"] for layer, p in itertools.product(L, P)], (len(L), seq)
+    if what == "attn_out":  # the attention output at p is the sum of every head's z at p
+        return ([[f"{layer}.{h}@{p}" for h in H] for layer, p in itertools.product(L, P)],
+                (len(L), seq))
+    if what == "mlp_out":
+        return [[f"mlp{layer}@{p}"] for layer, p in itertools.product(L, P)], (len(L), seq)
+    if what in ("z_by_pos", "q_by_pos", "k_by_pos", "v_by_pos"):
+        suffix = "" if what == "z_by_pos" else "." + what[0]
+        return ([[f"{layer}.{h}{suffix}@{p}"] for layer, p, h in itertools.product(L, P, H)],
+                (len(L), seq, len(H)))
+    if what == "z_all_pos":
+        return [[f"{layer}.{h}"] for layer, h in itertools.product(L, H)], (len(L), len(H))
+    if what in ("q_all_pos", "k_all_pos", "v_all_pos"):
+        return ([[f"{layer}.{h}.{what[0]}@{p}" for p in P] for layer, h in
+                 itertools.product(L, H)], (len(L), len(H)))
+    raise AssertionError(what)
+
+
+def _mask_set(cfg: GPT2Config, seq: int, parts: tuple[str, ...]) -> tuple[MaskSet, tuple]:
+    sets, shape = [], None
+    for what in parts:
+        groups, shape = _grid(cfg, seq, what)
+        sets.append(from_components(cfg, groups, seq_len=seq))
+    shape = shape if len(parts) == 1 else (len(parts),) + shape
+    return (sets[0] if len(sets) == 1 else concat(sets)), shape
+
+
+def _patch(model: GPT2, tokens: Any, source_tokens: Any, metric: Any, parts: tuple[str, ...],
+           per_example: bool, chunk_size: Any, kwargs: dict[str, Any]) -> Any:
+    check_metric(metric)
+    tokens, source = check_source(model, tokens, source_tokens)
+    mask_set, shape = _mask_set(model.cfg, tokens.shape[1], parts)
+    values = sweep(model, tokens, mask_set, patch_replacement(model, source), metric,
+                   chunk_size, **kwargs)
+    values = values.reshape(shape + (tokens.shape[0],))
+    mean = values.mean(-1)
+    return (mean, values) if per_example else mean
+
+
+def _doc(shape: str, what: str, tl: str) -> str:
+    return f"""The metric with {what} patched from `source_tokens`, one patch at a time:
+    numpy {shape}, the batch mean (TL's `{tl}`).
+
+    tokens, source_tokens: int [batch, seq], paired by index. metric: a `jaxablate.metrics`
+    metric (per example). per_example=True returns (mean, values {shape[:-1]}, batch]).
+    chunk_size and the other keywords (progress, memory_budget, devices, mesh) are
+    `jaxablate.sweep`'s: all patches run as one vectorised sweep.
+
+    Example:
+        >>> clean_to_corrupt = patching.{tl.removeprefix("get_act_patch_")}(
+        ...     model, corrupted, clean, metrics.logit_diff(io, s))       # {shape}
+    """
+
+
+def _make(name: str, parts: tuple[str, ...], shape: str, what: str):
+    def patch(model: GPT2, tokens: Any, source_tokens: Any, metric: Any, *,
+              per_example: bool = False, chunk_size: Any = None, **kwargs: Any) -> Any:
+        return _patch(model, tokens, source_tokens, metric, parts, per_example, chunk_size,
+                      kwargs)
+
+    patch.__name__ = patch.__qualname__ = name
+    patch.__doc__ = _doc(shape, what, f"get_act_patch_{name}")
+    return patch
+
+
+resid_pre = _make("resid_pre", ("resid_pre",), "[layer, pos]",
+                  "the residual stream entering a layer at a position (hook_resid_pre)")
+resid_mid = _make("resid_mid", ("resid_mid",), "[layer, pos]",
+                  "the stream after a layer's attention at a position (hook_resid_mid)")
+attn_out = _make("attn_out", ("attn_out",), "[layer, pos]",
+                 "a layer's attention output at a position (hook_attn_out)")
+mlp_out = _make("mlp_out", ("mlp_out",), "[layer, pos]",
+                "a layer's MLP output at a position (hook_mlp_out)")
+attn_head_out_by_pos = _make("attn_head_out_by_pos", ("z_by_pos",), "[layer, pos, head]",
+                             "one head's z at one position (attn.hook_z)")
+attn_head_q_by_pos = _make("attn_head_q_by_pos", ("q_by_pos",), "[layer, pos, head]",
+                           "one head's query vector at one position (attn.hook_q)")
+attn_head_k_by_pos = _make("attn_head_k_by_pos", ("k_by_pos",), "[layer, pos, head]",
+                           "one head's key vector at one position (attn.hook_k)")
+attn_head_v_by_pos = _make("attn_head_v_by_pos", ("v_by_pos",), "[layer, pos, head]",
+                           "one head's value vector at one position (attn.hook_v)")
+attn_head_out_all_pos = _make("attn_head_out_all_pos", ("z_all_pos",), "[layer, head]",
+                              "one head's z at every position (attn.hook_z)")
+attn_head_q_all_pos = _make("attn_head_q_all_pos", ("q_all_pos",), "[layer, head]",
+                            "one head's query vectors at every position (attn.hook_q)")
+attn_head_k_all_pos = _make("attn_head_k_all_pos", ("k_all_pos",), "[layer, head]",
+                            "one head's key vectors at every position (attn.hook_k)")
+attn_head_v_all_pos = _make("attn_head_v_all_pos", ("v_all_pos",), "[layer, head]",
+                            "one head's value vectors at every position (attn.hook_v)")
+block_every = _make("block_every", ("resid_pre", "attn_out", "mlp_out"), "[3, layer, pos]",
+                    "resid_pre, attn_out and mlp_out (in that order) at one layer and position")
+attn_head_all_pos_every = _make(
+    "attn_head_all_pos_every", ("z_all_pos", "q_all_pos", "k_all_pos", "v_all_pos"),
+    "[4, layer, head]", "a head's output (z), queries, keys and values (in that order) at "
+    "every position; TL's fifth row, the pattern, is not patched")
+attn_head_by_pos_every = _make(
+    "attn_head_by_pos_every", ("z_by_pos", "q_by_pos", "k_by_pos", "v_by_pos"),
+    "[4, layer, pos, head]", "a head's output (z), query, key and value (in that order) at one "
+    "position; TL's fifth row, the pattern, is not patched")
+
+FUNCTIONS = ("resid_pre", "resid_mid", "attn_out", "mlp_out", "attn_head_out_by_pos",
+             "attn_head_q_by_pos", "attn_head_k_by_pos", "attn_head_v_by_pos",
+             "attn_head_out_all_pos", "attn_head_q_all_pos", "attn_head_k_all_pos",
+             "attn_head_v_all_pos", "block_every", "attn_head_all_pos_every",
+             "attn_head_by_pos_every")
