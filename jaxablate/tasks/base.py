@@ -23,6 +23,10 @@ class Task:
         "END"; induction's "repeat".
     reference: int32 [n_ref, seq] prompts whose activations give mean-ablation values
         (IOI's ABC set), or None to use `tokens` themselves.
+    counterfactual: int32 [batch, seq] prompts paired with `tokens` by index that differ in
+        what the task depends on (IOI: each prompt's ABC version; induction: the first
+        occurrence replaced by other tokens), the source set of activation and path
+        patching; or None.
     texts: the prompts as text, when they came from text.
     info: how the task was made (seed, template, sizes): recorded in reports.
 
@@ -39,6 +43,7 @@ class Task:
     wrong: Int[np.ndarray, " batch"] | None = None
     positions: dict[str, np.ndarray] = dataclasses.field(default_factory=dict)
     reference: Int[np.ndarray, "n_ref seq"] | None = None
+    counterfactual: Int[np.ndarray, "batch seq"] | None = None
     texts: tuple[str, ...] | None = None
     info: dict[str, Any] = dataclasses.field(default_factory=dict)
 

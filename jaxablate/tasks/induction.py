@@ -46,7 +46,8 @@ def induction(n_prompts: int = 64, *, half: int = 16, vocab: int = 50257, seed: 
     loss on the repeated half (positions half .. 2 half - 2, whose next token is a copy).
 
     The reference set (for mean ablation) is `n_reference` (default n_prompts) other repeated
-    sequences of the same shape. ids are drawn from [low, vocab): pass the model's vocabulary
+    sequences of the same shape. The counterfactual (patching's source set) is each prompt
+    `[x, x]` as `[y, x]`, y drawn from the ids not in x when the vocabulary allows. ids are drawn from [low, vocab): pass the model's vocabulary
     size (and `low` to keep clear of special tokens).
 
     Example:
@@ -64,6 +65,15 @@ def induction(n_prompts: int = 64, *, half: int = 16, vocab: int = 50257, seed: 
     rng = np.random.default_rng(seed)
     tokens = repeated_tokens(rng, n_prompts, half, vocab, low)
     reference = repeated_tokens(rng, n_reference, half, vocab, low)
+    # The counterfactual [y, x]: the first occurrence replaced by tokens drawn from the ids
+    # not in x where the vocabulary allows it, so the second half has nothing to copy.
+    # Drawn last, so the prompts and the reference are those of earlier versions.
+    counterfactual = tokens.copy()
+    ids = np.arange(low, vocab)
+    for i in range(n_prompts):
+        fresh = np.setdiff1d(ids, tokens[i, :half])
+        pool = fresh if len(fresh) >= half else ids
+        counterfactual[i, :half] = rng.choice(pool, half, replace=False)
     # Position q of the second half predicts token q + 1 = x[q + 1 - half]: a copy.
     repeat = np.arange(half, 2 * half - 1)
     return Task(
@@ -72,6 +82,7 @@ def induction(n_prompts: int = 64, *, half: int = 16, vocab: int = 50257, seed: 
         metric=metrics.loss(positions=repeat),
         positions={"repeat": np.tile(repeat, (n_prompts, 1)).astype(np.int32)},
         reference=reference,
+        counterfactual=counterfactual,
         info={"task": "induction", "n_prompts": int(n_prompts), "half": int(half),
               "vocab": int(vocab), "low": int(low), "seed": int(seed),
               "n_reference": int(n_reference)},

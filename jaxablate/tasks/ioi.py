@@ -189,6 +189,8 @@ def ioi(tokenizer: Any, n_prompts: int = 64, *, template: int = 0, seed: int = 0
         reference: int32 [n_reference, seq], the ABC set: reference prompt j keeps prompt
             (j mod n_prompts)'s template, place and object, and its IO, S1 and S2 slots hold
             three distinct names, none of them that prompt's IO or S;
+        counterfactual: int32 [n_prompts, seq], prompt i's ABC version (the source set of
+            activation and path patching, paired by index);
         texts: the prompt strings; info: task, template, seed and pool sizes.
 
     Example:
@@ -224,8 +226,10 @@ def ioi(tokenizer: Any, n_prompts: int = 64, *, template: int = 0, seed: int = 0
     io, s = pairs[:, 0], pairs[:, 1]
     place = rng.integers(len(places), size=n_prompts)
     obj = rng.integers(len(objects), size=n_prompts)
-    # Drawn after the prompts, so n_reference never changes the prompts.
-    base = np.arange(n_reference) % n_prompts
+    # Drawn after the prompts, so n_reference never changes the prompts. Row j < n_prompts
+    # is prompt j's counterfactual (patching pairs by index); the reference is the first
+    # n_reference rows, the same draws whether or not more rows follow.
+    base = np.arange(max(n_reference, n_prompts)) % n_prompts
     every = np.arange(len(names))
     abc = np.stack([rng.choice(np.setdiff1d(every, pairs[b]), 3, replace=False) for b in base])
 
@@ -238,10 +242,10 @@ def ioi(tokenizer: Any, n_prompts: int = 64, *, template: int = 0, seed: int = 0
     ref_texts = [_fill(body, *words(b, *abc[j])) for j, b in enumerate(base)]
     where = f"IOI template {template}"
     tokens = _tokenize(tokenizer, texts, where)
-    reference = _tokenize(tokenizer, ref_texts, f"{where} (ABC reference)")
+    abc_tokens = _tokenize(tokenizer, ref_texts, f"{where} (ABC reference)")
     seq = tokens.shape[1]
-    if reference.shape[1] != seq:
-        raise InputError(f"{where}: ABC prompts have {reference.shape[1]} tokens, the IOI "
+    if abc_tokens.shape[1] != seq:
+        raise InputError(f"{where}: ABC prompts have {abc_tokens.shape[1]} tokens, the IOI "
                          f"prompts {seq}; per-position means need one length")
 
     slots = _slot_positions(tokenizer, body, words(0, io[0], s[0], s[0]))
@@ -251,7 +255,7 @@ def ioi(tokenizer: Any, n_prompts: int = 64, *, template: int = 0, seed: int = 0
                 "S2": (name_ids[s], name_ids[abc[:, 2]])}
     for label, (ids, ref_ids) in expected.items():
         if not (np.array_equal(tokens[:, slots[label]], ids)
-                and np.array_equal(reference[:, slots[label]], ref_ids)):
+                and np.array_equal(abc_tokens[:, slots[label]], ref_ids)):
             raise InputError(f"{where}: the {label} name is not at token {slots[label]} in "
                              "every prompt; the tokenizer splits the template differently "
                              "from GPT-2's")
@@ -266,7 +270,8 @@ def ioi(tokenizer: Any, n_prompts: int = 64, *, template: int = 0, seed: int = 0
         correct=correct,
         wrong=wrong,
         positions=positions,
-        reference=reference,
+        reference=abc_tokens[:n_reference],
+        counterfactual=abc_tokens[:n_prompts],
         texts=tuple(texts),
         info={"task": "ioi", "template": template, "order": "BABA" if template < 15 else "ABBA",
               "template_text": text, "seed": seed, "n_prompts": n_prompts,
