@@ -1,6 +1,7 @@
 """The mask-set constructors (`ja.masks.*`): one `MaskSet` of N ablations per call.
 
     single_heads  head_pairs  single_mlps  single_neurons  positions  single_features
+    mid_positions  mlp_positions  head_vectors            (per position: activation patching)
     from_components  from_stacked  concat                 (MaskSet itself: `mask_set.py`)
 
 Enumeration is layer-major (head 0.0, 0.1, ..., 0.H-1, 1.0, ...); `head_pairs` lists pairs
@@ -22,8 +23,9 @@ from jaxablate.model.config import GPT2Config
 from jaxablate.model.mask import POSITION_KINDS, Mask
 from jaxablate.model.validation import check_mask
 
-__all__ = ["MaskSet", "concat", "from_components", "from_stacked", "head_pairs", "positions",
-           "single_features", "single_heads", "single_mlps", "single_neurons"]
+__all__ = ["MaskSet", "concat", "from_components", "from_stacked", "head_pairs", "head_vectors",
+           "mid_positions", "mlp_positions", "positions", "single_features", "single_heads",
+           "single_mlps", "single_neurons"]
 
 
 def _name(touched: list[tuple[Component, float]]) -> str:
@@ -168,6 +170,65 @@ def positions(cfg: GPT2Config, seq_len: int, layers: Sequence[int] | None = None
     index = np.array(list(itertools.product(layers, range(seq_len))))
     names = [f"resid{layer}@{pos}" for layer, pos in index]
     return _grid("positions", index, names, cfg, weight, seq_len=seq_len)
+
+
+def _layer_positions(kind: str, prefix: str, cfg: GPT2Config, seq_len: int,
+                     layers: Sequence[int] | None, weight: float) -> MaskSet:
+    layers = list(range(cfg.n_layers)) if layers is None else list(layers)
+    for layer in layers:
+        check_component(Component(kind, (layer, 0)), cfg, seq_len, None)
+    index = np.array(list(itertools.product(layers, range(seq_len)))).reshape(-1, 2)
+    names = [f"{prefix}{layer}@{pos}" for layer, pos in index]
+    return _grid(kind, index, names, cfg, weight, seq_len=seq_len)
+
+
+def mid_positions(cfg: GPT2Config, seq_len: int, layers: Sequence[int] | None = None,
+                  weight: float = 0.0) -> MaskSet:
+    """One mask per (layer, position) of the stream after that layer's attention (TL
+    `blocks.L.hook_resid_mid`), layer-major.
+
+    Example:
+        >>> mid_positions(cfg, seq_len=3, layers=[2]).names
+        ['mid2@0', 'mid2@1', 'mid2@2']
+    """
+    return _layer_positions("mid_positions", "mid", cfg, seq_len, layers, weight)
+
+
+def mlp_positions(cfg: GPT2Config, seq_len: int, layers: Sequence[int] | None = None,
+                  weight: float = 0.0) -> MaskSet:
+    """One mask per (layer, position) of an MLP's output (TL `blocks.L.hook_mlp_out[:, p]`),
+    layer-major.
+
+    Example:
+        >>> mlp_positions(cfg, seq_len=2, layers=[0, 1]).names
+        ['mlp0@0', 'mlp0@1', 'mlp1@0', 'mlp1@1']
+    """
+    return _layer_positions("mlp_positions", "mlp", cfg, seq_len, layers, weight)
+
+
+def head_vectors(cfg: GPT2Config, which: str, seq_len: int, *, position: int | None = None,
+                 weight: float = 0.0) -> MaskSet:
+    """One mask per (layer, position, head) of a head's query, key or value vector
+    (`which` = "q", "k" or "v"; TL `blocks.L.attn.hook_q/k/v[:, p, h]`), in TL's patching
+    order [layer, pos, head]; with `position`, only that position.
+
+    Example:
+        >>> head_vectors(cfg, "k", seq_len=16).names[:2]         # 12 * 16 * 12 masks
+        ['0.0.k@0', '0.1.k@0']
+    """
+    if which not in ("q", "k", "v"):
+        raise InputError(f"head_vectors: which must be 'q', 'k' or 'v', got {which!r}")
+    check_component(Component(f"{which}_positions", (0, 0, 0)), cfg, seq_len, None)
+    if position is None:
+        places = range(seq_len)
+    elif not -seq_len <= position < seq_len:
+        raise InputError(f"head_vectors: position {position} needs -seq_len <= position < "
+                         f"seq_len (seq_len={seq_len})")
+    else:
+        places = [position % seq_len]
+    index = np.array(list(itertools.product(range(cfg.n_layers), places, range(cfg.n_heads))))
+    names = [f"{layer}.{head}.{which}@{p}" for layer, p, head in index]
+    return _grid(f"{which}_positions", index, names, cfg, weight, seq_len=seq_len)
 
 
 def single_features(cfg: GPT2Config, n_features: int,

@@ -20,7 +20,8 @@ from typing import Any
 
 import numpy as np
 
-from jaxablate.ablation.masks import MaskSet, concat, from_components
+from jaxablate.ablation import masks
+from jaxablate.ablation.masks import MaskSet
 from jaxablate.ablation.metrics import check_metric
 from jaxablate.ablation.replacements import patch_replacement
 from jaxablate.engine.sweeping import sweep
@@ -45,38 +46,38 @@ def check_source(model: GPT2, tokens: Any, source_tokens: Any) -> tuple[np.ndarr
     return tokens, source
 
 
-def _grid(cfg: GPT2Config, seq: int, what: str) -> tuple[list[list[str]], tuple[int, ...]]:
-    """One component group per patch of `what` (TL's name), and the result's shape."""
-    L, H = range(cfg.n_layers), range(cfg.n_heads)
-    P = range(seq)
+def _grid(cfg: GPT2Config, seq: int, what: str) -> tuple[MaskSet, tuple[int, ...]]:
+    """The mask set of one patch per component of `what`, and the result's shape (TL's)."""
+    layers, heads = cfg.n_layers, cfg.n_heads
+    cells = itertools.product(range(layers), range(seq))
     if what == "resid_pre":
-        return [[f"resid{layer}@{p}"] for layer, p in itertools.product(L, P)], (len(L), seq)
+        return masks.positions(cfg, seq), (layers, seq)
     if what == "resid_mid":
-        return [[f"mid{layer}@{p}"] for layer, p in itertools.product(L, P)], (len(L), seq)
-    if what == "attn_out":  # the attention output at p is the sum of every head's z at p
-        return ([[f"{layer}.{h}@{p}" for h in H] for layer, p in itertools.product(L, P)],
-                (len(L), seq))
+        return masks.mid_positions(cfg, seq), (layers, seq)
     if what == "mlp_out":
-        return [[f"mlp{layer}@{p}"] for layer, p in itertools.product(L, P)], (len(L), seq)
-    if what in ("z_by_pos", "q_by_pos", "k_by_pos", "v_by_pos"):
-        suffix = "" if what == "z_by_pos" else "." + what[0]
-        return ([[f"{layer}.{h}{suffix}@{p}"] for layer, p, h in itertools.product(L, P, H)],
-                (len(L), seq, len(H)))
+        return masks.mlp_positions(cfg, seq), (layers, seq)
+    if what == "attn_out":  # the attention output at p is the sum of every head's z at p
+        groups = [[f"{layer}.{h}@{p}" for h in range(heads)] for layer, p in cells]
+        return masks.from_components(cfg, groups, seq_len=seq), (layers, seq)
+    if what == "z_by_pos":
+        groups = [f"{layer}.{h}@{p}" for layer, p in cells for h in range(heads)]
+        return masks.from_components(cfg, groups, seq_len=seq), (layers, seq, heads)
+    if what in ("q_by_pos", "k_by_pos", "v_by_pos"):
+        return masks.head_vectors(cfg, what[0], seq), (layers, seq, heads)
     if what == "z_all_pos":
-        return [[f"{layer}.{h}"] for layer, h in itertools.product(L, H)], (len(L), len(H))
+        return masks.single_heads(cfg), (layers, heads)
     if what in ("q_all_pos", "k_all_pos", "v_all_pos"):
-        return ([[f"{layer}.{h}.{what[0]}@{p}" for p in P] for layer, h in
-                 itertools.product(L, H)], (len(L), len(H)))
+        groups = [[f"{layer}.{h}.{what[0]}@{p}" for p in range(seq)]
+                  for layer, h in itertools.product(range(layers), range(heads))]
+        return masks.from_components(cfg, groups, seq_len=seq), (layers, heads)
     raise AssertionError(what)
 
 
 def _mask_set(cfg: GPT2Config, seq: int, parts: tuple[str, ...]) -> tuple[MaskSet, tuple]:
-    sets, shape = [], None
-    for what in parts:
-        groups, shape = _grid(cfg, seq, what)
-        sets.append(from_components(cfg, groups, seq_len=seq))
-    shape = shape if len(parts) == 1 else (len(parts),) + shape
-    return (sets[0] if len(sets) == 1 else concat(sets)), shape
+    grids = [_grid(cfg, seq, what) for what in parts]
+    if len(grids) == 1:
+        return grids[0]
+    return masks.concat([g for g, _ in grids]), (len(parts),) + grids[0][1]
 
 
 def _patch(model: GPT2, tokens: Any, source_tokens: Any, metric: Any, parts: tuple[str, ...],
