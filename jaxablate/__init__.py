@@ -29,6 +29,7 @@ from jaxablate.model.replacement import Replacement
 from jaxablate.model.sae import SAE
 from jaxablate.model.saving import save_gpt2
 from jaxablate.model.tokenizer import load_tokenizer
+from jaxablate.patching.paths import path_patch
 from jaxablate.screening.attribution import Attribution, attribute
 from jaxablate.screening.patterns import AttentionScores, attention_scores
 from jaxablate.store.front import sweep
@@ -71,6 +72,7 @@ __all__ = [
     "planned_chunk_size",
     "patch_replacement",
     "patching",
+    "path_patch",
     "resample_replacement",
     "run_with_cache",
     "save_gpt2",

@@ -19,10 +19,11 @@ from jaxablate.patching.activation import (FUNCTIONS, attn_head_all_pos_every,
                                            attn_head_q_by_pos, attn_head_v_all_pos,
                                            attn_head_v_by_pos, attn_out, block_every, mlp_out,
                                            resid_mid, resid_pre)
+from jaxablate.patching.paths import path_patch
 
 # TransformerLens's names, for code ported from `transformer_lens.patching`.
 for _name in FUNCTIONS:
     globals()[f"get_act_patch_{_name}"] = getattr(activation, _name)
 del _name
 
-__all__ = list(FUNCTIONS) + [f"get_act_patch_{n}" for n in FUNCTIONS]
+__all__ = list(FUNCTIONS) + [f"get_act_patch_{n}" for n in FUNCTIONS] + ["path_patch"]
