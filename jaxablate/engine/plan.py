@@ -1,9 +1,10 @@
 """What a sweep runs, decided on the host before anything compiles: the layer each mask
-resumes at, the parents that masks spanning several layers share, and the chunk size.
+resumes at, the first row it recomputes, the parents that masks spanning several layers
+share, and the chunk size.
 
     mask_set = as_mask_set(masks, model, seq_len)           # a MaskSet, checked
     plan = plan_sweep(model, mask_set, batch, seq, n_read, metric, chunk_size, budget, True)
-    plan.own, plan.blocks, plan.chunk_size                   # what `sweeping.sweep` runs
+    plan.own, plan.row_start, plan.blocks, plan.chunk_size  # what `sweeping.sweep` runs
 """
 
 from __future__ import annotations
@@ -18,9 +19,13 @@ from jaxablate.ablation.metrics import Metric
 from jaxablate.engine.schedule import budget_bytes, default_chunk_size, plan_chunk_size
 from jaxablate.errors import InputError, InputTypeError
 from jaxablate.model.gpt2 import GPT2
-from jaxablate.model.mask import Mask
+from jaxablate.model.mask import POSITION_KINDS, Mask
 
 PARENT_BLOCK = 16  # parents' trajectories per compiled call, at most
+# Row skipping: a mask whose first changed position is p leaves rows < p clean at every
+# layer. Masks are grouped by p rounded down to a multiple of seq / ROW_GROUPS, one
+# compiled program per group (fewer groups: fewer compilations, more rows recomputed).
+ROW_GROUPS = 4
 
 
 def as_mask_set(masks: Any, model: GPT2, seq_len: int) -> MaskSet:
@@ -45,6 +50,30 @@ def as_mask_set(masks: Any, model: GPT2, seq_len: int) -> MaskSet:
         raise InputError(f"masks ablate {masks.n_features} SAE features, the model's SAE has "
                          f"{n_features}")
     return masks
+
+
+def first_rows(mask_set: MaskSet, seq: int) -> np.ndarray:
+    """For each mask, the first position it changes: an entry of a kind indexed by position
+    changes that position on (causal attention), any other entry position 0; seq if the
+    mask changes nothing.
+
+    Example:
+        >>> first_rows(single_heads(cfg, position=-1, seq_len=16), 16)[:3]     # [15 15 15]
+    """
+    rows = np.full(len(mask_set), seq, np.int64)
+    for kind in mask_set.kinds:
+        mask_id, index, weight = mask_set.entries_of(kind)
+        touched = weight != 1.0
+        row = index[:, 1] if kind in POSITION_KINDS else np.zeros(len(mask_id), np.int64)
+        np.minimum.at(rows, mask_id[touched], row[touched])
+    return rows
+
+
+def row_groups(rows: np.ndarray, seq: int) -> np.ndarray:
+    """Each mask's row start: its first changed position rounded down to a multiple of
+    seq / ROW_GROUPS (a few fixed shapes, so a few compilations), at most seq - 1."""
+    step = max(1, -(-seq // ROW_GROUPS))
+    return np.minimum(rows // step * step, seq - 1)
 
 
 def shared_parents(mask_set: MaskSet, first: np.ndarray, last: np.ndarray,
@@ -102,7 +131,8 @@ class Plan:
     last: np.ndarray  # per mask, the last layer it touches
     parents: MaskSet | None  # shared prefixes of multi-layer masks
     parent_of: np.ndarray  # per mask, its parent's index or -1
-    own: np.ndarray  # masks without a parent, by first layer
+    own: np.ndarray  # masks without a parent, by row start, then first layer
+    row_start: np.ndarray  # per mask, the first row its own chunk recomputes (0: all)
     blocks: list[tuple[np.ndarray, np.ndarray]]  # (parents, their children by last layer)
     block: int  # parents per trajectory call
     chunk_size: int
@@ -129,11 +159,14 @@ def plan_sweep(model: GPT2, mask_set: MaskSet, batch: int, seq: int, n_read: int
     parents, parent_of = (shared_parents(mask_set, first, last, sae_layer) if reuse_prefix
                           else (None, np.full(n, -1, np.int64)))
 
-    # The schedule, on the host. Masks without a parent, sorted by first touched layer: each
-    # chunk resumes from the clean stream at its earliest mask's layer (a chunk that straddles
-    # two layers recomputes a few clean layers for some masks: same numbers up to rounding).
+    # The schedule, on the host. Masks without a parent, by row start (one program shape
+    # each), then by first touched layer: each chunk resumes from the clean stream at its
+    # earliest mask's layer (a chunk that straddles two layers recomputes a few clean layers
+    # for some masks: same numbers up to rounding) and at its row start.
+    row_start = (row_groups(first_rows(mask_set, seq), seq) if reuse_prefix
+                 else np.zeros(n, np.int64))
     own = np.nonzero(parent_of < 0)[0]
-    own = own[np.argsort(first[own], kind="stable")]
+    own = own[np.lexsort((first[own], row_start[own]))]
     # Masks with a parent: blocks of parents' trajectories run once each, then every child
     # resumes from its parent's stream at the child's last touched layer.
     blocks: list[tuple[np.ndarray, np.ndarray]] = []  # (parents, their children by layer)
@@ -158,6 +191,6 @@ def plan_sweep(model: GPT2, mask_set: MaskSet, batch: int, seq: int, n_read: int
         chunk_size = plan_chunk_size(groups, model.cfg, batch * seq, n_read, seq, max_chunk,
                                      n_columns)
     chunk_size = min(int(chunk_size), n)
-    return Plan(first, last, parents, parent_of, own, blocks, block, chunk_size)
+    return Plan(first, last, parents, parent_of, own, row_start, blocks, block, chunk_size)
 
 

@@ -51,7 +51,7 @@ def reattend(
 
 def resume(
     model: GPT2,
-    x: Float[Array, "seq d_model"],
+    x: Float[Array, "rows d_model"],
     start: Int[Array, ""],
     mask: Mask,
     replacement: Replacement,
@@ -59,6 +59,9 @@ def resume(
     columns: Int[Array, " n"] | None = None,
     attended: tuple[Float[Array, "seq d_model"], Float[Array, "seq head d_head"]] | None
     = None,
+    prefix: tuple[Float[Array, "layer r head d_head"], Float[Array, "layer r head d_head"]]
+    | None = None,
+    clean: Float[Array, "k n"] | None = None,
 ) -> Float[Array, "k n"]:
     """Run layers `start .. n_layers-1` from the residual stream entering `start`; logits
     at `positions`, over the vocabulary or over the ids `columns` (see `unembed`).
@@ -68,24 +71,43 @@ def resume(
     `attended`: the unablated (resid_mid, z) of layer `start` from the same stream `x`;
     then layer `start` reuses them (`reattend`) instead of recomputing its attention.
     That needs a mask that leaves the layer's attention and the stream entering `start`
-    alone (no kind of `REATTEND_BREAKING`: positions, SAE features, q, k, v). Forward-only (a loop with a data-dependent trip count has no
-    reverse-mode derivative).
+    alone (no kind of `REATTEND_BREAKING`: positions, SAE features, q, k, v).
+
+    Row skipping: with `prefix`, the clean keys and values (k, v) of positions 0 .. r-1 at
+    every layer, x holds positions r .. seq-1 only and no layer recomputes the first r
+    rows. That needs a mask that changes nothing before position r (a causal model then
+    leaves those rows clean at every layer); logits read before r are `clean`'s (the
+    clean logits at `positions`). Forward-only (a loop with a data-dependent trip count has
+    no reverse-mode derivative).
     """
+    r = 0 if prefix is None else prefix[0].shape[1]
+    seq = r + x.shape[0]
+    held = None if r == 0 else jnp.arange(r, seq)  # the positions x holds
+    read_at = positions if r == 0 else jnp.maximum(positions, r)
+
+    def kv(layer):
+        return None if prefix is None else (prefix[0][layer], prefix[1][layer])
 
     def step(layer, x):
-        return model.enter(layer + 1, model.block(layer, x, mask, replacement)[0], mask,
-                          replacement)
+        x = model.block(layer, x, mask, replacement, held, kv(layer))[0]
+        return model.enter(layer + 1, x, mask, replacement, held)
 
     last = jnp.int32(model.cfg.n_layers - 1)
 
     def last_layer(x):
-        return model.block(last, x, mask, replacement, queries=positions)[0]
+        return model.block(last, x, mask, replacement, read_at, kv(last))[0]
+
+    def untouched(x):  # start past the last layer: a clean mask
+        return x[read_at - r]
+
+    def logits(read):
+        out = model.unembed(read, columns)
+        return out if r == 0 else jnp.where((positions < r)[:, None], clean, out)
 
     if attended is None:
-        x = model.enter(start, x, mask, replacement)
+        x = model.enter(start, x, mask, replacement, held)
         x = jax.lax.fori_loop(start, last, step, x)
-        read = jax.lax.cond(start <= last, last_layer, lambda x: x[positions], x)
-        return model.unembed(read, columns)
+        return logits(jax.lax.cond(start <= last, last_layer, untouched, x))
 
     # The plan never asks for this (attention reuse is off for these kinds): a bug, not input.
     assert all(getattr(mask, kind) is None for kind in REATTEND_BREAKING), (
@@ -94,17 +116,16 @@ def resume(
     resid_mid, z = attended
 
     def first_then_rest(x):  # start < last
-        mid = reattend(model, start, resid_mid, z, mask, replacement)
-        x = model.feed_forward(start, mid, mask, replacement)[0]
+        mid = reattend(model, start, resid_mid, z, mask, replacement, held)
+        x = model.feed_forward(start, mid, mask, replacement, held)[0]
         return last_layer(jax.lax.fori_loop(start + 1, last, step, x))
 
     def only_last(x):  # start == last: the read rows only
-        mid = reattend(model, last, resid_mid, z, mask, replacement, queries=positions)
-        return model.feed_forward(last, mid, mask, replacement, queries=positions)[0]
+        mid = reattend(model, last, resid_mid, z, mask, replacement, queries=read_at)
+        return model.feed_forward(last, mid, mask, replacement, queries=read_at)[0]
 
     case = jnp.where(start < last, 0, jnp.where(start == last, 1, 2))
-    read = jax.lax.switch(case, [first_then_rest, only_last, lambda x: x[positions]], x)
-    return model.unembed(read, columns)
+    return logits(jax.lax.switch(case, [first_then_rest, only_last, untouched], x))
 
 
 def trajectory(

@@ -66,37 +66,41 @@ class NonFiniteMetricError(ValueError):
 def _clean_pass(model, tokens, positions, columns):
     """The clean cache and logits: the residual stream entering every layer
     [batch, layer+1, seq, d], the stream after each layer's attention [batch, layer, seq, d],
-    each layer's z [batch, layer, seq, head, d_head], and the logits at the metric's
-    positions [batch, k, n] (n: the vocabulary, or the metric's columns)."""
+    each layer's z [batch, layer, seq, head, d_head], keys and values (k, v) (the same
+    shape, for row skipping), and the logits at the metric's positions [batch, k, n]
+    (n: the vocabulary, or the metric's columns)."""
     def one(tokens, positions, columns):
-        _, acts = model.run(tokens, collect=("resid_pre", "resid_mid", "z"))
+        _, acts = model.run(tokens, collect=("resid_pre", "resid_mid", "z", "k", "v"))
         resid = acts["resid_pre"]
         logits = model.unembed(resid[-1][positions], columns)
-        return resid, (acts["resid_mid"], acts["z"]), logits
+        return resid, (acts["resid_mid"], acts["z"]), (acts["k"], acts["v"]), logits
 
     return jax.vmap(one)(tokens, positions, columns)
 
 
 @eqx.filter_jit
 def _run_chunk(model, x0, attended, start, masks, replacement, tokens, positions, columns,
-               clean, data, score, n_masks):
+               clean, data, score, n_masks, prefix=None):
     """Metric [chunk, batch] of a chunk of masks resumed at layer `start` from `x0`.
 
-    x0 is the stream entering `start`: [batch, seq, d] shared by the chunk (the clean one),
+    x0 is the stream entering `start`: [batch, rows, d] shared by the chunk (the clean one),
     or [chunk, batch, seq, d], one per mask (each resumed from its parent's stream).
     attended: None, or the unablated (resid_mid, z) of layer `start` with x0's leading axes:
-    the layer's attention is then reused, not recomputed.
+    the layer's attention is then reused, not recomputed. prefix: None, or the clean keys
+    and values [batch, layer, r, head, d_head] of the r = seq - rows positions x0 leaves
+    out (row skipping: no mask of the chunk changes them).
     """
-    def one(mask, x, att, repl, tok, pos, cols, cl, d):
-        return score(resume(model, x, start, mask, repl, pos, cols, att), tok, cl, d)
+    def one(mask, x, att, pre, repl, tok, pos, cols, cl, d):
+        logits = resume(model, x, start, mask, repl, pos, cols, att, pre, cl)
+        return score(logits, tok, cl, d)
 
     r_axis = 0 if replacement is not None and replacement.per_example else None
-    per_example = jax.vmap(one, in_axes=(None, 0, 0, r_axis, 0, 0, 0, 0, 0))
+    per_example = jax.vmap(one, in_axes=(None, 0, 0, 0, r_axis, 0, 0, 0, 0, 0))
     x_axis = 0 if x0.ndim == 4 else None
     # axis_size: a chunk of clean masks only is a Mask with no fields (nothing to map over).
-    return jax.vmap(per_example, in_axes=(0, x_axis, x_axis) + (None,) * 6,
-                    axis_size=n_masks)(masks, x0, attended, replacement, tokens, positions,
-                                       columns, clean, data)
+    return jax.vmap(per_example, in_axes=(0, x_axis, x_axis) + (None,) * 7,
+                    axis_size=n_masks)(masks, x0, attended, prefix, replacement, tokens,
+                                       positions, columns, clean, data)
 
 
 @eqx.filter_jit
@@ -220,7 +224,7 @@ def sweep(
     tokens_j, positions_j = place.replicate((jnp.asarray(tokens), jnp.asarray(positions)))
     columns_j = None if columns is None else place.replicate(jnp.asarray(columns))
     data_j = place.replicate({k: jnp.asarray(v) for k, v in data.items()})
-    resid, attended, clean = _clean_pass(model, tokens_j, positions_j, columns_j)
+    resid, attended, keys_values, clean = _clean_pass(model, tokens_j, positions_j, columns_j)
     # A mask set that never changes the stream entering a layer or its attention's inputs
     # (no positions, SAE features, q, k, v) reuses the clean attention of the layer it
     # resumes at: only the ablated heads' z change there, by a delta through W_O.
@@ -230,13 +234,15 @@ def sweep(
     done = 0
     top = model.cfg.n_layers - 1
 
-    def run(idx: np.ndarray, start: int, x0: jax.Array, att: Any) -> None:
+    def run(idx: np.ndarray, start: int, x0: jax.Array, att: Any, prefix: Any = None
+            ) -> None:
         nonlocal done
         chunk = place.split(_pad(mask_set.materialize(idx), chunk_size))
         if x0.ndim == 4:  # one stream per mask (resumed from its parent's)
             x0, att = place.split((x0, att))
         values = _run_chunk(model, x0, att, jnp.int32(start), chunk, replacement, tokens_j,
-                            positions_j, columns_j, clean, data_j, metric.score, chunk_size)
+                            positions_j, columns_j, clean, data_j, metric.score, chunk_size,
+                            prefix)
         out[idx] = np.asarray(values)[: len(idx)]
         done += len(idx)
         if progress is not None:
@@ -249,10 +255,17 @@ def sweep(
         return jax.tree_util.tree_map(
             lambda a: a[:, layer] if rows is None else a[rows, :, layer], tree)
 
-    for begin in range(0, len(own), chunk_size):
-        idx = own[begin:begin + chunk_size]
-        start = int(first[idx[0]])
-        run(idx, start, resid[:, start], at_layer(attended, start))
+    # Masks without a parent, one row start at a time (`own` is sorted by it): the first r
+    # rows are clean at every layer, so the chunk resumes from rows r.. of the clean stream
+    # with the clean keys and values of rows < r.
+    for r in np.unique(plan.row_start[own]):
+        group = own[plan.row_start[own] == r]
+        prefix = None if r == 0 else jax.tree_util.tree_map(lambda a, r=r: a[:, :, :r],
+                                                            keys_values)
+        for begin in range(0, len(group), chunk_size):
+            idx = group[begin:begin + chunk_size]
+            start = int(first[idx[0]])
+            run(idx, start, resid[:, start, r:], at_layer(attended, start), prefix)
     for p_idx, kids in blocks:
         local = np.full(len(parents), -1, np.int64)
         local[p_idx] = np.arange(len(p_idx))
@@ -283,7 +296,7 @@ def clean_metric(model: GPT2, tokens: Any, metric: Any) -> Float[np.ndarray, " b
     positions, data = metric.prepare(tokens, model.cfg)
     columns, data = vocab_columns(metric, data)
     # The sweep's own clean pass: the same unembedding (columns included) as every mask's.
-    _, _, logits = _clean_pass(model, jnp.asarray(tokens), jnp.asarray(positions),
+    _, _, _, logits = _clean_pass(model, jnp.asarray(tokens), jnp.asarray(positions),
                                None if columns is None else jnp.asarray(columns))
     score = jax.vmap(metric.score)
     return np.asarray(score(logits, jnp.asarray(tokens), logits,

@@ -117,12 +117,14 @@ class GPT2(eqx.Module):
     def enter(
         self,
         layer: Int[Array, ""],
-        x: Float[Array, "seq d_model"],
+        x: Float[Array, "rows d_model"],
         mask: Mask,
         replacement: Replacement,
-    ) -> Float[Array, "seq d_model"]:
+        queries: Int[Array, " rows"] | None = None,
+    ) -> Float[Array, "rows d_model"]:
         """[1] The residual stream entering `layer` (n_layers: the final one, untouched):
-        SAE features, then whole positions.
+        SAE features, then whole positions. `queries`: the positions x's rows are (all when
+        None).
 
         Callers apply it to the loop carry (to the embedding, or at the end of the previous
         layer's step), never inside the block: there XLA would fuse the blend into the
@@ -138,9 +140,10 @@ class GPT2(eqx.Module):
                 x,
             )
         if mask.positions is not None:
+            rows = _rows(queries)
             inside = jnp.minimum(layer, self.cfg.n_layers - 1)
-            keep = jnp.where(layer < self.cfg.n_layers, mask.positions[inside], 1.0)
-            x = _blend(x, keep[:, None], replacement.resid[inside])
+            keep = jnp.where(layer < self.cfg.n_layers, rows(mask.positions[inside]), 1.0)
+            x = _blend(x, keep[:, None], rows(replacement.resid[inside]))
         return x
 
     def block(
@@ -150,16 +153,18 @@ class GPT2(eqx.Module):
         mask: Mask,
         replacement: Replacement,
         queries: Int[Array, " k"] | None = None,
+        prefix: tuple[Array, Array] | None = None,
     ) -> tuple[Float[Array, "rows d_model"], dict[str, Array]]:
         """One transformer block with ablation points [2]-[4]; returns the new stream and acts.
 
         `x` is the stream entering the layer with point [1] already applied (`enter`).
 
         With `queries`, only those rows of the output are computed (keys and values still
-        come from every position): the last layer needs no more than the rows read.
+        come from every position): the last layer needs no more than the rows read. With
+        `prefix` (see `attend`), x holds only the positions after the prefix's.
         """
         resid_pre = x
-        x, z, pattern, qkv = self.attend(layer, x, mask, replacement, queries)
+        x, z, pattern, qkv = self.attend(layer, x, mask, replacement, queries, prefix)
         x = self.ablate_mid(layer, x, mask, replacement, queries)
         resid_mid = x
         x, post, mlp_out = self.feed_forward(layer, x, mask, replacement, queries)
@@ -174,29 +179,44 @@ class GPT2(eqx.Module):
         mask: Mask,
         replacement: Replacement,
         queries: Int[Array, " k"] | None = None,
+        prefix: tuple[Float[Array, "r head d_head"], Float[Array, "r head d_head"]] | None
+        = None,
     ) -> tuple[Float[Array, "rows d_model"], Float[Array, "rows head d_head"],
                Float[Array, "head rows seq"], tuple[Array, Array, Array]]:
         """The attention half of a block: (stream after attention, z after point [2], pattern,
-        (q, k, v) after point [q]: q [rows, head, d_head], k and v [seq, head, d_head])."""
+        (q, k, v) after point [q]: q [rows, head, d_head], k and v [seq, head, d_head]).
+
+        `prefix`: the keys and values (k, v) of positions 0 .. r-1, given; x then holds
+        positions r .. seq-1 only (a sweep skipping rows that no mask changes). `queries`
+        are always positions in the whole sequence."""
         p = jax.tree_util.tree_map(lambda a: a[layer], self.blocks)
-        seq = x.shape[0]
-        rows = _rows(queries)
+        r = 0 if prefix is None else prefix[0].shape[0]
+        seq = r + x.shape[0]
+        if r and queries is None:
+            queries = jnp.arange(r, seq)
+        rows = _rows(queries)  # per-position arrays of the whole sequence
+        def local(a):  # a's rows at `queries` (a holds positions r .. seq-1)
+            return a if queries is None else a[queries - r]
+
+        here = _rows(jnp.arange(r, seq) if r else None)  # positions x holds
         h = _layer_norm(x, p.ln1_w, p.ln1_b, self.cfg.layer_norm_eps)
         qkv = self.matmul("sd,dthe->sthe", h, p.W_qkv) + _f32(p.b_qkv)
-        q, k, v = rows(qkv[:, 0]), qkv[:, 1], qkv[:, 2]
+        q, k, v = local(qkv[:, 0]), qkv[:, 1], qkv[:, 2]
         # [q] a head's query, key or value vector at single positions (activation patching).
         if mask.q_positions is not None:
             q = _blend(q, rows(mask.q_positions[layer])[:, :, None], rows(replacement.q[layer]))
         if mask.k_positions is not None:
-            k = _blend(k, mask.k_positions[layer][:, :, None], replacement.k[layer])
+            k = _blend(k, here(mask.k_positions[layer])[:, :, None], here(replacement.k[layer]))
         if mask.v_positions is not None:
-            v = _blend(v, mask.v_positions[layer][:, :, None], replacement.v[layer])
+            v = _blend(v, here(mask.v_positions[layer])[:, :, None], here(replacement.v[layer]))
+        if r:
+            k, v = jnp.concatenate([prefix[0], k]), jnp.concatenate([prefix[1], v])
         scores = self.matmul("qhe,khe->hqk", q, k) / math.sqrt(self.cfg.d_head)
         causal = rows(jnp.tril(jnp.ones((seq, seq), bool)))
         pattern = jax.nn.softmax(jnp.where(causal[None], scores, -jnp.inf), axis=-1)
         z = self.ablate_z(layer, self.matmul("hqk,khe->qhe", pattern, v), mask, replacement,
                           queries)
-        out = rows(x) + self.matmul("she,hed->sd", z, p.W_O) + _f32(p.b_O)
+        out = local(x) + self.matmul("she,hed->sd", z, p.W_O) + _f32(p.b_O)
         return out, z, pattern, (q, k, v)
 
     def ablate_z(
