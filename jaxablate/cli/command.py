@@ -8,9 +8,10 @@ report folder.
 Exit status and what is printed:
   0    the study ran and the report was written.
   2    bad input: one line on stderr, `jaxablate study: error: ...`, no traceback. That is a
-       usage error (`UsageError`: options that do not go together, a --prompts file that
-       cannot be read, an --out that cannot be written, a tokenizer that does not fit the
-       model's vocabulary), or any `jaxablate.errors.InputError` the library raises (an
+       usage error (`UsageError`: options that do not go together, such as --patching with
+       --prompts (a prompts file has no counterfactual), a --prompts file that cannot be
+       read, an --out that cannot be written, a tokenizer that does not fit the model's
+       vocabulary), or any `jaxablate.errors.InputError` the library raises (an
        unknown component, a chunk size that cannot fit in memory, a damaged checkpoint, an
        --out holding another run's sweeps). Files the command line can check are checked
        before the model loads.

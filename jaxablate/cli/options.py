@@ -25,6 +25,7 @@ from jaxablate.version import VERSION
 PROG = "jaxablate"
 COMPONENT_KINDS = ("heads", "mlps", "neurons")
 OPTIONAL_STEPS = ("screening", "cumulative", "circuit", "interactions", "ablation_comparison")
+OPT_IN_STEPS = ("patching",)  # off unless asked for (--patching)
 DEFAULT_N_PROMPTS = 64
 INDUCTION_HALF = 16
 
@@ -42,7 +43,10 @@ Run the ablation protocol on one model and task:
   - components ablated together, least important first: the cliff;
   - the minimal circuit: size, share, faithfulness, minimality;
   - pair interactions among the top components: backup candidates;
-  - zero vs mean vs resample ablation: Spearman correlations, changed verdicts.
+  - zero vs mean vs resample ablation: Spearman correlations, changed verdicts;
+  - with --patching: the critical heads and MLPs patched from the clean prompts into their
+    counterfactual ones (denoising), position by position and along the direct path to the
+    logits: the fraction of the clean - counterfactual gap each restores.
 Prints the ranked table and writes a report folder: study.json (every number), CSV and
 Parquet tables, summary.md and PNG figures.
 
@@ -60,6 +64,8 @@ examples:
       the answers must be single tokens; the metric is the logit difference correct - wrong
   jaxablate study --components neurons --neuron-layers 1 --ablation resample --json > out.json
       every neuron of layer 1, resample ablation, the result dict as JSON on stdout
+  jaxablate study --patching --components heads,mlps
+      adds activation and path patching of the critical components (--task only)
 
 The report needs pandas, pyarrow and matplotlib: pip install 'jaxablate[report]'.
 Compiled programs are cached in $JAXABLATE_CACHE (default ~/.cache/jaxablate/jax), which
@@ -122,6 +128,8 @@ def _steps(text: str) -> tuple[str, ...]:
     steps = []
     for part in (p.strip().lower() for p in text.split(",") if p.strip()):
         step = aliases.get(part, part)
+        if step in OPT_IN_STEPS:
+            raise argparse.ArgumentTypeError(f"{step} is off unless --{step} is given")
         if step not in OPTIONAL_STEPS:
             raise argparse.ArgumentTypeError(
                 f"unknown step {part!r}; choose from screening, cumulative, circuit, "
@@ -198,6 +206,11 @@ def build_parser() -> argparse.ArgumentParser:
                           help="steps to leave out: screening, cumulative, circuit, "
                                "interactions, comparison (e.g. --skip interactions on big "
                                "models)")
+    ablation.add_argument("--patching", action="store_true",
+                          help="add the patching step: activation patching of the critical "
+                               "heads and MLPs at each position and path patching to the "
+                               "logits, clean values into the task's counterfactual prompts "
+                               "(--task only: a --prompts file has no counterfactual)")
 
     screening = study.add_argument_group("gradient screening")
     screening.add_argument("--screen", choices=("ig", "grad"), default="ig",
@@ -275,6 +288,9 @@ def check_options(args: argparse.Namespace) -> None:
             raise UsageError("--n-prompts sets the size of a generated --task; a --prompts "
                              "file uses all its lines")
         check_prompts_file(args.prompts)
+        if args.patching:
+            raise UsageError("--patching needs counterfactual prompts paired with the prompts "
+                             "(--task induction or ioi); a --prompts file has none")
     task = "prompts" if args.prompts is not None else args.task or "induction"
     if args.template is not None and task != "ioi":
         raise UsageError("--template applies to --task ioi only")

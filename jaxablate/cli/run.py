@@ -255,6 +255,7 @@ def run_study(args: argparse.Namespace) -> int:
                       store=Path(args.out) / "sweeps", overwrite=args.overwrite,
                       chunk_size=args.chunk_size, devices=args.devices)
         steps = ("baseline", "single") + tuple(s for s in OPTIONAL_STEPS if s not in args.skip)
+        steps += ("patching",) if args.patching else ()
         result = study.run(target=args.target, top_k=args.interaction_top_k, steps=steps,
                            screen_method=args.screen, screen_steps=args.ig_steps,
                            screen_top_k=args.screen_top_k)

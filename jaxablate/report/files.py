@@ -10,6 +10,9 @@ summary and the figures.
         cumulative.csv            metric per number ablated (when the study ran that step)
         interactions.csv          one row per pair (when present)
         ablation_comparison.csv   effects and verdicts per ablation type (when present)
+        patching_positions.csv    restored fraction per patched component and position, and
+        patching_paths.csv        per component: every position vs the direct path (when
+                                  the optional patching step ran)
         summary.md                what a paper's methods/results paragraph needs, with links
                                   (`jaxablate.report.summary`)
         *.png                     the figures of `jaxablate.report.plots` (unless plots=False)
@@ -25,10 +28,10 @@ again (a resumed run) replace the earlier report without asking. Files of other 
 sweeps/ folder, a user's notes) are never touched and never cause a refusal.
 
 `result` is `StudyResult.to_dict()` (or the StudyResult itself): "meta", "baseline" and
-"single" are required; "screening", "cumulative", "circuit", "interactions" and
-"ablation_comparison" may
-be missing or None (the step was skipped), and their files are then not written. pandas (and
-pyarrow for Parquet) and matplotlib are imported only here: `pip install jaxablate[report]`.
+"single" are required; "screening", "cumulative", "circuit", "interactions",
+"ablation_comparison" and "patching" may be missing or None (the step was skipped), and
+their files are then not written. pandas (and pyarrow for Parquet) and matplotlib are
+imported only here: `pip install jaxablate[report]`.
 
 Example:
     >>> result = Study(model, task).run()
@@ -51,6 +54,8 @@ from jaxablate.report.tables import (
     ablation_comparison_frame,
     cumulative_frame,
     interactions_frame,
+    patching_paths_frame,
+    patching_positions_frame,
     per_example_frame,
     screening_frame,
     single_frame,
@@ -72,11 +77,13 @@ def report_names() -> tuple[str, ...]:
         >>> report_names()[:3]
         ('study.json', 'single.csv', 'single.parquet')
     """
-    from jaxablate.report.plots import FIGURES  # at call time: plots imports this module's helpers
+    # at call time: plots imports this module's helpers
+    from jaxablate.report.plots import FIGURES, OPT_IN_FIGURES
 
     return ("study.json", "single.csv", "single.parquet", "per_example.parquet",
             "screening.csv", "screening.parquet", "cumulative.csv", "interactions.csv",
-            "ablation_comparison.csv", *(f"{name}.png" for name in FIGURES), "summary.md")
+            "ablation_comparison.csv", "patching_positions.csv", "patching_paths.csv",
+            *(f"{name}.png" for name in FIGURES + OPT_IN_FIGURES), "summary.md")
 
 
 def report_fingerprint(meta: Mapping[str, Any]) -> dict[str, Any]:
@@ -262,9 +269,13 @@ def write_report(result: Any, folder: str | os.PathLike, *, plots: bool = True,
         screening.to_csv(folder / "screening.csv", index=False)
         screening.to_parquet(folder / "screening.parquet", index=False)
         files += ["screening.csv", "screening.parquet"]
-    for name, make in (("cumulative", cumulative_frame), ("interactions", interactions_frame),
-                       ("ablation_comparison", ablation_comparison_frame)):
-        if result.get(name):
+    for name, section, make in (
+            ("cumulative", "cumulative", cumulative_frame),
+            ("interactions", "interactions", interactions_frame),
+            ("ablation_comparison", "ablation_comparison", ablation_comparison_frame),
+            ("patching_positions", "patching", patching_positions_frame),
+            ("patching_paths", "patching", patching_paths_frame)):
+        if result.get(section):
             make(result).to_csv(folder / f"{name}.csv", index=False)
             files.append(f"{name}.csv")
     figures: dict[str, str] = {}

@@ -9,6 +9,8 @@
                                       recovered on the right axis
   plot_interactions(result, path)     pair interaction matrix, diverging colours centred at 0
   plot_ablation_types(result, path)   zero vs mean vs resample effects (resample +- std)
+  plot_patching(result, path)         component x position heatmap of the restored fraction
+                                      (in `patching_plot`, on new_figure, save_figure, ...)
   plot_all(result, folder)            every figure whose section is present
 
 Each function returns the path it wrote, or None when its section is absent (or holds no
@@ -33,10 +35,11 @@ import numpy as np
 
 FIGURES = ("single_heads", "single_layers", "screening", "cumulative", "interactions",
            "ablation_types")
+OPT_IN_FIGURES = ("patching",)  # of steps off by default (Study's DEFAULT_STEPS)
 _DPI = 120
 
 
-def _figure(width: float, height: float) -> Any:
+def new_figure(width: float, height: float) -> Any:
     """A matplotlib Figure bound to an Agg canvas, with constrained layout."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
@@ -46,7 +49,7 @@ def _figure(width: float, height: float) -> Any:
     return fig
 
 
-def _save(fig: Any, path: str | os.PathLike) -> Path:
+def save_figure(fig: Any, path: str | os.PathLike) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=_DPI, format="png")
@@ -64,7 +67,7 @@ def _float(value: Any) -> float:
     return math.nan if value is None else float(value)
 
 
-def _limit(values: np.ndarray) -> float:
+def colour_limit(values: np.ndarray) -> float:
     """A symmetric colour limit: the largest finite |value|, 1 when there is none."""
     finite = np.abs(values[np.isfinite(values)])
     top = float(finite.max()) if finite.size else 0.0
@@ -80,7 +83,7 @@ def _effect_label(result: Mapping[str, Any]) -> str:
     return f"effect ({meta.get('ablation', '?')} ablation, {meta.get('metric', 'metric')})"
 
 
-def _title(result: Mapping[str, Any], what: str) -> str:
+def figure_title(result: Mapping[str, Any], what: str) -> str:
     meta = _meta(result)
     task = (meta.get("task") or {}).get("name", "task")
     return f"{what}: {meta.get('model', 'model')}, {task}"
@@ -106,9 +109,9 @@ def plot_single_heads(result: Mapping[str, Any], path: str | os.PathLike) -> Pat
     grid = np.full((n_layers, n_heads), np.nan)
     for r in rows:
         grid[int(r["layer"]), int(r["index"])] = _float(r.get("effect"))
-    fig = _figure(min(max(5.0, 2.5 + 0.6 * n_heads), 16.0), min(2.0 + 0.45 * n_layers, 12.0))
+    fig = new_figure(min(max(5.0, 2.5 + 0.6 * n_heads), 16.0), min(2.0 + 0.45 * n_layers, 12.0))
     ax = fig.add_subplot()
-    limit = _limit(grid)
+    limit = colour_limit(grid)
     image = ax.imshow(np.ma.masked_invalid(grid), cmap="RdBu_r", vmin=-limit, vmax=limit,
                       aspect="auto", interpolation="nearest")
     fig.colorbar(image, ax=ax, label=_effect_label(result))
@@ -132,9 +135,9 @@ def plot_single_heads(result: Mapping[str, Any], path: str | os.PathLike) -> Pat
     ax.set_ylabel("layer")
     ax.set_xticks(range(n_heads))
     ax.set_yticks(range(n_layers))
-    ax.set_title(_title(result, "single-head ablation") + "\n* 95% CI excludes 0, "
+    ax.set_title(figure_title(result, "single-head ablation") + "\n* 95% CI excludes 0, "
                  "outlined: critical", fontsize=9)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def _bars(ax: Any, rows: Sequence[Mapping[str, Any]], labels: Sequence[str]) -> None:
@@ -162,15 +165,15 @@ def plot_single_layers(result: Mapping[str, Any], path: str | os.PathLike,
     panels = [p for p in (("MLP layers", mlps), (f"top {len(neurons)} neurons", neurons)) if p[1]]
     if not panels:
         return None
-    fig = _figure(max(6.0, 0.3 * max(len(p[1]) for p in panels) + 2.0), 3.2 * len(panels))
-    fig.suptitle(_title(result, "single ablation") + "\nred: critical, blue: 95% CI "
+    fig = new_figure(max(6.0, 0.3 * max(len(p[1]) for p in panels) + 2.0), 3.2 * len(panels))
+    fig.suptitle(figure_title(result, "single ablation") + "\nred: critical, blue: 95% CI "
                  "excludes 0, grey: neither; bars: 95% CI", fontsize=9)
     for i, (what, rows) in enumerate(panels):
         ax = fig.add_subplot(len(panels), 1, i + 1)
         _bars(ax, rows, [str(r["component"]) for r in rows])
         ax.set_ylabel(_effect_label(result), fontsize=8)
         ax.set_title(what, fontsize=9)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_screening(result: Mapping[str, Any], path: str | os.PathLike,
@@ -191,7 +194,7 @@ def plot_screening(result: Mapping[str, Any], path: str | os.PathLike,
     known = np.isfinite(x) & np.isfinite(y)
     if not known.any():
         return None
-    fig = _figure(5.2, 4.6)
+    fig = new_figure(5.2, 4.6)
     ax = fig.add_subplot(1, 1, 1)
     rest = known & ~verified
     if rest.any():
@@ -213,10 +216,10 @@ def plot_screening(result: Mapping[str, Any], path: str | os.PathLike,
     ax.set_ylabel(_effect_label(result))
     rho = section.get("spearman_all")
     rho = section.get("spearman_top_k") if rho is None else rho
-    ax.set_title(_title(result, "screening vs exact")
+    ax.set_title(figure_title(result, "screening vs exact")
                  + (f"\nSpearman {float(rho):.2f}" if rho is not None else ""), fontsize=9)
     ax.legend(fontsize=7)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_cumulative(result: Mapping[str, Any], path: str | os.PathLike) -> Path | None:
@@ -234,7 +237,7 @@ def plot_cumulative(result: Mapping[str, Any], path: str | os.PathLike) -> Path 
     if baseline.get("mean") is not None and x[0] > 0:  # start at the clean model
         x, y = np.r_[0.0, x], np.r_[float(baseline["mean"]), y]
         sem, recovered = np.r_[_float(baseline.get("sem")), sem], np.r_[1.0, recovered]
-    fig = _figure(6.5, 4.0)
+    fig = new_figure(6.5, 4.0)
     ax = fig.add_subplot()
     from jaxablate.report.summary import cumulative_order
 
@@ -258,9 +261,10 @@ def plot_cumulative(result: Mapping[str, Any], path: str | os.PathLike) -> Path 
     meta = _meta(result)
     ax.set_xlabel("fraction of components ablated")
     ax.set_ylabel(str(meta.get("metric", "metric")))
-    ax.set_title(_title(result, f"cumulative {meta.get('ablation', '')} ablation"), fontsize=9)
+    ax.set_title(figure_title(result, f"cumulative {meta.get('ablation', '')} ablation"),
+                 fontsize=9)
     ax.legend(fontsize=8)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def _recovered_axis(ax: Any, metric: np.ndarray, recovered: np.ndarray) -> None:
@@ -286,9 +290,9 @@ def plot_interactions(result: Mapping[str, Any], path: str | os.PathLike) -> Pat
     matrix = np.array([[_float(v) for v in row] for row in section["matrix"]], dtype=float)
     n = len(names)
     size = min(3.0 + 0.45 * n, 14.0)
-    fig = _figure(size + 1.2, size)
+    fig = new_figure(size + 1.2, size)
     ax = fig.add_subplot()
-    limit = _limit(matrix)
+    limit = colour_limit(matrix)
     image = ax.imshow(np.ma.masked_invalid(matrix), cmap="RdBu_r", vmin=-limit, vmax=limit,
                       interpolation="nearest")
     fig.colorbar(image, ax=ax, label="interaction (joint - single a - single b)")
@@ -311,9 +315,9 @@ def plot_interactions(result: Mapping[str, Any], path: str | os.PathLike) -> Pat
     ticks = list(range(0, n, every))
     ax.set_xticks(ticks, [names[i] for i in ticks], rotation=90, fontsize=8)
     ax.set_yticks(ticks, [names[i] for i in ticks], fontsize=8)
-    ax.set_title(_title(result, "pair interactions") + "\noutlined: backup candidates",
+    ax.set_title(figure_title(result, "pair interactions") + "\noutlined: backup candidates",
                  fontsize=9)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_ablation_types(result: Mapping[str, Any], path: str | os.PathLike,
@@ -331,7 +335,7 @@ def plot_ablation_types(result: Mapping[str, Any], path: str | os.PathLike,
     base = _meta(result).get("ablation")
     base = base if base in effects else next(iter(effects))
     colours = {"zero": "tab:orange", "mean": "tab:blue", "resample": "tab:green"}
-    fig = _figure(11.0, 4.2)
+    fig = new_figure(11.0, 4.2)
     left, right = fig.add_subplot(1, 2, 1), fig.add_subplot(1, 2, 2)
     x = effects[base]
     for kind, y in effects.items():
@@ -366,7 +370,7 @@ def plot_ablation_types(result: Mapping[str, Any], path: str | os.PathLike,
                     + (" (resample: ± std over draws)" if np.isfinite(std).any() else ""),
                     fontsize=9)
     right.legend(fontsize=8)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def _ranked_positions(result: Mapping[str, Any], names: Sequence[str]) -> list[int]:
@@ -379,15 +383,17 @@ def _ranked_positions(result: Mapping[str, Any], names: Sequence[str]) -> list[i
 def plot_all(result: Mapping[str, Any], folder: str | os.PathLike) -> dict[str, Path]:
     """Write every figure whose section is present into `folder` as NAME.png.
 
-    Returns {name: path} for the figures written, names from `FIGURES`.
+    Returns {name: path} for the figures written, names from `FIGURES` + `OPT_IN_FIGURES`.
     """
+    from jaxablate.report.patching_plot import plot_patching  # it imports this module
+
     folder = Path(folder)
     makers = {"single_heads": plot_single_heads, "single_layers": plot_single_layers,
               "screening": plot_screening,
               "cumulative": plot_cumulative, "interactions": plot_interactions,
-              "ablation_types": plot_ablation_types}
+              "ablation_types": plot_ablation_types, "patching": plot_patching}
     written = {}
-    for name in FIGURES:
+    for name in FIGURES + OPT_IN_FIGURES:
         path = makers[name](result, folder / f"{name}.png")
         if path is not None:
             written[name] = path

@@ -1,7 +1,8 @@
 """The Markdown summary of a study result dict: what a paper's methods/results paragraph
 needs (model, task, ablation, metric, baseline, statistics, versions), then one section per
 step of the study (single ablations, gradient screening, cumulative ablation, minimal circuit,
-pair interactions, ablation types), with links to the report's figures and data files.
+pair interactions, ablation types, and activation and path patching when that optional step
+ran), with links to the report's figures and data files.
 
     summary_markdown(result, figures, files, top) -> str      # summary.md of `write_report`
     cumulative_order(result) -> str                           # how the cumulative order is sorted
@@ -318,6 +319,69 @@ def _screening(result: Mapping[str, Any], figures: Mapping[str, str]) -> list[st
     return lines
 
 
+PATCHING_COLUMNS, PATCHING_ROWS = 12, 40  # components and positions shown in summary.md
+
+
+def _patching(result: Mapping[str, Any], figures: Mapping[str, str]) -> list[str]:
+    """The patching section; nothing when the (optional) step did not run."""
+    section = result.get("patching")
+    if not section:
+        return []
+    names = [str(n) for n in section.get("components") or []]
+    clean, cf, gap = (section.get(k) or {} for k in ("clean", "counterfactual", "gap"))
+    lines = ["", "## Activation and path patching", "",
+             f"Denoising: activations of the clean prompts patched into their counterfactual "
+             f"prompts (example i from example i), one patch at a time, scored by "
+             f"{section.get('metric', 'the metric')} on the patched run: clean "
+             f"{_pm(clean)}, counterfactual {_pm(cf)} (gap {_pm(gap)}). "
+             "**Restored** = (patched − counterfactual) / (clean − counterfactual) of batch "
+             "means: 1 = the clean metric, 0 = the counterfactual's; ± s.e. by the delta "
+             f"method (the gap's spread included). Patched: the {len(names)} critical heads "
+             f"and MLPs{' (critical neurons are not)' if section.get('left_out') else ''}."]
+    if section.get("note"):
+        lines.append(f"Note: {section['note']}.")
+    every, direct = section.get("all_positions") or {}, section.get("direct") or {}
+    if not names or not every:
+        return lines
+    lines += ["", "Each component patched at every position, and along the direct path to the "
+                  "final residual stream only (path patching: other heads frozen at the "
+                  "counterfactual run, MLPs recomputed; CIs in the CSV):", ""] + _table(
+        ["component", "every position ± s.e.", "direct path ± s.e."],
+        [(f"`{n}`", _pm(every, i), _pm(direct, i)) for i, n in enumerate(names)], "lrr")
+    grid = np.array((section.get("by_position") or {}).get("restored") or [], dtype=float)
+    if grid.size:
+        total = np.abs(np.array(every.get("restored") or [0.0] * len(names), dtype=float))
+        shown = np.sort(np.argsort(-np.nan_to_num(total), kind="stable")[:PATCHING_COLUMNS])
+        peak = np.nan_to_num(np.abs(grid[shown])).max(0)  # the positions that matter most
+        positions = np.sort(np.argsort(-peak, kind="stable")[:PATCHING_ROWS])
+        lines += ["", "Restored fraction by position (rows: positions; columns: components, "
+                      "each patched at that position alone):", ""] + _table(
+            ["position"] + [f"`{names[i]}`" for i in shown],
+            [[int(p)] + [_fraction(grid[i, p]) for i in shown] for p in positions],
+            "r" * (len(shown) + 1))
+        if len(shown) < len(names) or len(positions) < grid.shape[1]:
+            lines += ["", f"Shown: {len(shown)} of {len(names)} components and "
+                          f"{len(positions)} of {grid.shape[1]} positions (largest |restored|); "
+                          "every cell is in `patching_positions.csv`."]
+    if "patching" in figures:
+        lines += ["", f"![Restored fraction by component and position]({figures['patching']})"]
+    return lines
+
+
+def _pm(values: Mapping[str, Any], i: int | None = None) -> str:
+    """"mean ± sem" of a summary, or "restored ± sem" (3 decimals) of entry i of columns."""
+    if i is None:
+        return f"{_num(values.get('mean'))} ± {_num(values.get('sem'))}"
+    value, sem = ((values.get(k) or [None] * (i + 1))[i] for k in ("restored", "sem"))
+    return f"{_fraction(value)} ± {_fraction(sem)}"
+
+
+def _fraction(value: Any) -> str:
+    """A fraction to 3 decimals (float32 noise such as -9e-09 reads 0.000)."""
+    text = "–" if value is None or not math.isfinite(value) else f"{float(value):.3f}"
+    return "0.000" if text == "-0.000" else text
+
+
 def summary_markdown(result: Any, figures: Mapping[str, str] | None = None,
                      files: Sequence[str] = (), top: int = 15) -> str:
     """The Markdown summary of a study result dict; `figures` maps plot names (as in
@@ -327,6 +391,7 @@ def summary_markdown(result: Any, figures: Mapping[str, str] | None = None,
     lines = _header(result) + _single(result, top, figures) + _screening(result, figures)
     lines += _cumulative(result, figures)
     lines += _circuit(result) + _interactions(result, figures) + _ablation_types(result, figures)
+    lines += _patching(result, figures)
     if files:
         lines += ["", "## Files", ""] + [f"- [{name}]({name})" for name in files]
         lines += ["", "Head names such as `1.10` look like numbers to CSV readers: read the "

@@ -6,6 +6,8 @@
     screening_frame(result)            one row per component in screen-rank order
     interactions_frame(result)         one row per pair
     ablation_comparison_frame(result)  effects and verdicts per ablation type
+    patching_positions_frame(result)   long format: component, position, restored fraction
+    patching_paths_frame(result)       one row per component: every position vs direct path
 
 `result` is `StudyResult.to_dict()`. pandas is imported only when a frame is built.
 """
@@ -136,4 +138,50 @@ def ablation_comparison_frame(result: Mapping[str, Any]) -> Any:
     frame = pd.DataFrame(jsonable(columns))
     changed = {str(c.get("component")) for c in section.get("changed") or []}
     frame["changed"] = [n in changed for n in names]
+    return frame
+
+
+def patching_positions_frame(result: Mapping[str, Any]) -> Any:
+    """pandas DataFrame in long format, one row per patched component and position (component
+    order, then position): restored (1 = clean, 0 = counterfactual), sem, ci_low, ci_high,
+    metric (the batch mean of the patched run)."""
+    import pandas as pd
+
+    section = result["patching"]
+    names = [str(n) for n in section.get("components") or []]
+    positions = list(section.get("positions") or [])
+    grid = section.get("by_position") or {}
+    keys = [k for k in ("restored", "sem", "ci_low", "ci_high", "metric") if k in grid]
+    rows = {"component": [n for n in names for _ in positions],
+            "position": [p for _ in names for p in positions]}
+    for key in keys:
+        check_lengths("patching by_position", {"components": names, key: grid[key]})
+        rows[key] = [v for row in grid[key] for v in row]
+    check_lengths("patching by_position", rows)
+    frame = pd.DataFrame(jsonable(rows), columns=["component", "position", *keys])
+    frame["component"] = frame["component"].astype("str")
+    frame["position"] = frame["position"].astype("int64")
+    for key in keys:
+        frame[key] = frame[key].astype("float64")
+    return frame
+
+
+def patching_paths_frame(result: Mapping[str, Any]) -> Any:
+    """pandas DataFrame, one row per patched component: the restored fraction (± sem, 95% CI)
+    with its output patched at every position (`all_*`) and through the direct path to the
+    final residual stream only (`direct_*`; absent columns where path patching did not run)."""
+    import pandas as pd
+
+    section = result["patching"]
+    columns: dict[str, Sequence[Any]] = {
+        "component": [str(n) for n in section.get("components") or []]}
+    for part, prefix in (("all_positions", "all"), ("direct", "direct")):
+        values = section.get(part) or {}
+        for key in ("restored", "sem", "ci_low", "ci_high", "metric"):
+            if values.get(key) is not None:
+                columns[f"{prefix}_{key}"] = values[key]
+    check_lengths("patching", columns)
+    frame = pd.DataFrame(jsonable(columns))
+    for name in frame.columns[1:]:
+        frame[name] = frame[name].astype("float64")
     return frame

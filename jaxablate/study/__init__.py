@@ -2,6 +2,7 @@
 
     protocol.py  Study: baseline, single, cumulative, circuit, interactions, comparison
     screen.py    the screening step (gradient screen, then exact verification)
+    patching.py  the optional patching step (activation and path patching, counterfactual)
     stats.py     bootstrap effects, ranks, Spearman, the cliff, interactions, tolerances
     result.py    StudyResult and the JSON form every reader of a result shares
     checks.py    the host-side checks of a Study's arguments

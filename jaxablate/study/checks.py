@@ -9,6 +9,7 @@ report row names).
     check_screening(method, steps, top_k, n)      the screening step's options
     check_kinds(components) -> tuple[str, ...]    distinct kinds of STUDY_KINDS (singular ok)
     check_study_inputs(model, task, ...)          the Study constructor's other arguments
+    check_counterfactual(cf, tokens, cfg)         the patching step's source set, or None
 
 Each raises ValueError naming the argument and the value given.
 """
@@ -24,7 +25,7 @@ import numpy as np
 from jaxablate.ablation.metrics import Metric, check_metric
 from jaxablate.errors import InputError, InputTypeError
 from jaxablate.model.gpt2 import GPT2
-from jaxablate.model.validation import check_int
+from jaxablate.model.validation import check_int, check_tokens
 from jaxablate.tasks.base import Task
 
 ABLATIONS = ("zero", "mean", "resample")
@@ -118,3 +119,24 @@ def check_study_inputs(model: Any, task: Any, tokens: Any, metric: Any, progress
                                   not threshold >= 0 or not math.isfinite(threshold)):
         raise InputError(f"threshold must be a finite number >= 0, got {threshold!r}")
     return metric, kinds, neuron_layers
+
+
+def check_counterfactual(counterfactual: Any, tokens: np.ndarray, cfg: Any) -> np.ndarray | None:
+    """The counterfactual prompts (int32 [batch, seq], paired with `tokens` by index: the
+    patching step's source set) checked against the model, or None when there are none.
+    InputError when they do not pair up with the prompts.
+
+    Example:
+        >>> check_counterfactual(task.counterfactual, task.tokens, model.cfg).shape  # (64, 32)
+    """
+    if counterfactual is None:
+        return None
+    try:
+        counterfactual = check_tokens(counterfactual, cfg)
+    except InputError as error:
+        raise InputError(f"counterfactual: {str(error).removeprefix('tokens: ')}") from None
+    if counterfactual.shape != tokens.shape:
+        raise InputError(f"counterfactual: expected [batch, seq] = {list(tokens.shape)} like "
+                         f"the prompts, got {list(counterfactual.shape)}; patching pairs prompt "
+                         "i with counterfactual i, position by position")
+    return counterfactual

@@ -1,8 +1,9 @@
 """The ablation-study protocol: every step a few `jaxablate.sweep` calls on one model and task.
 
     study = Study(model, task, ablation="mean")        # or tokens=..., metric=...
-    result = study.run()                                # baseline, single, cumulative, circuit,
-    print(result.table(10))                             # interactions, ablation comparison
+    result = study.run()                                # baseline, single, screening, cumulative,
+    print(result.table(10))                             # circuit, interactions, comparison;
+    study.run(steps=STEPS)                              # + patching (needs a counterfactual)
     json.dump(result.to_dict(), f, allow_nan=False)
 
 Definitions (signs: docs/conventions.md, the one place they are defined):
@@ -31,6 +32,9 @@ screening   gradient screening of every component (`jaxablate.attribute`, "ig" b
             then the top-k verified by exact ablation: Spearman, precision at k, failures
             (definitions in `jaxablate.study.screen`).
 cumulative, circuit, interactions, comparison: `jaxablate.study.steps`.
+patching    optional (not in DEFAULT_STEPS): denoising activation patching of the critical
+            heads and MLPs position by position, and path patching to the logits, from the
+            counterfactual prompts (`jaxablate.study.patching`).
 
 Replacement values: mean = `mean_replacement(model, reference)` (per position when the
 reference prompts have the evaluated length, else over batch and positions); resample draws
@@ -45,7 +49,6 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
-import jax
 import numpy as np
 from jaxtyping import Float
 
@@ -59,7 +62,6 @@ from jaxablate.ablation.masks import (
     single_neurons,
 )
 from jaxablate.ablation.metrics import effect
-from jaxablate.ablation.replacements import mean_replacement, resample_replacement, zero_replacement
 from jaxablate.engine.schedule import check_chunk_size
 from jaxablate.engine.sharding import placement
 from jaxablate.engine.sweeping import clean_metric, planned_chunk_size, sweep
@@ -69,10 +71,11 @@ from jaxablate.model.replacement import Replacement
 from jaxablate.model.validation import check_int, check_tokens
 from jaxablate.store.digest import masks_digest
 from jaxablate.store.results import ResultsStore
+from jaxablate.study import patching as patching_step
 from jaxablate.study import steps as protocol_steps
 from jaxablate.study.checks import (
     ABLATIONS,
-    STUDY_KINDS,
+    check_counterfactual,
     check_fractions,
     check_screening,
     check_study_inputs,
@@ -85,9 +88,9 @@ from jaxablate.study.stats import Effects, bootstrap_counts, effect_stats
 from jaxablate.tasks.base import Task
 
 STEPS = ("baseline", "single", "screening", "cumulative", "circuit", "interactions",
-         "ablation_comparison")
+         "ablation_comparison", "patching")
+DEFAULT_STEPS = STEPS[:-1]  # patching needs a counterfactual source set
 DEFAULT_FRACTIONS = tuple(round(0.1 * i, 1) for i in range(1, 11))
-THRESHOLD_FRACTION = 0.1
 
 
 # ---------------------------------------------------------------------------------------------
@@ -99,7 +102,9 @@ class Study:
 
     model: a jaxablate GPT2. task: a `jaxablate.tasks.Task` (tokens, metric, reference), or
     tokens int [batch, seq] with `metric`. reference: int [n_ref, seq'] prompts for mean and
-    resample values (default: the task's reference set, else the prompts). ablation: "zero",
+    resample values (default: the task's reference set, else the prompts). counterfactual:
+    int [batch, seq] prompts paired with the prompts by index, the patching step's source
+    set (default: the task's, `Task.counterfactual`). ablation: "zero",
     "mean" or "resample". components: kinds studied, among "heads", "mlps", "neurons"
     (neurons of `neuron_layers` only, default all). threshold: the critical effect (default
     10% of |baseline|). progress(step, done, total) is called after every sweep chunk.
@@ -117,7 +122,8 @@ class Study:
     """
 
     def __init__(self, model: GPT2, task: Task | None = None, *, tokens: Any = None,
-                 metric: Any = None, reference: Any = None, ablation: str = "mean",
+                 metric: Any = None, reference: Any = None, counterfactual: Any = None,
+                 ablation: str = "mean",
                  components: str | Sequence[str] = ("heads",),
                  neuron_layers: Sequence[int] | None = None, threshold: float | int | None = None,
                  seed: int = 0, n_bootstrap: int = 1000, resample_draws: int = 5,
@@ -140,6 +146,9 @@ class Study:
             reference = None if task is None else task.reference
         self.reference = (self.tokens if reference is None
                           else check_tokens(reference, model.cfg))
+        self.counterfactual = check_counterfactual(
+            task.counterfactual if counterfactual is None and task is not None
+            else counterfactual, self.tokens, model.cfg)
         self.model, self.task, self.metric, self.ablation = model, task, metric, ablation
         self.kinds, self.neuron_layers = kinds, neuron_layers
         self.seed = check_int(seed, "seed", 0)
@@ -174,24 +183,17 @@ class Study:
         return self._cache[key]
 
     def replacements(self, ablation: str) -> list[Replacement]:
-        """One replacement (zero, mean) or `resample_draws` of them (resample)."""
-        def build() -> list[Replacement]:
-            seq = self.tokens.shape[1]
-            same = self.reference.shape[1] == seq
-            if ablation == "zero":
-                return [zero_replacement(self.model)]
-            if ablation == "mean":
-                return [mean_replacement(self.model, self.reference, per_position=same)]
-            keys = jax.random.split(jax.random.key(self.seed), self.resample_draws)
-            own = self.reference is self.tokens or not same
-            return [resample_replacement(self.model, self.tokens, k) if own else
-                    resample_replacement(self.model, self.reference, k,
-                                         n_examples=self.tokens.shape[0]) for k in keys]
-        return self._cached(("replacement", ablation), build)
+        """One replacement (zero, mean) or `resample_draws` of them (resample), built once
+        (`steps.replacement_values`)."""
+        return self._cached(("replacement", ablation),
+                            lambda: protocol_steps.replacement_values(self, ablation))
 
     def sweep_sets(self, sets: MaskSet | list[list[str]], ablation: str, step: str,
-               reuse_prefix: bool = True) -> Float[np.ndarray, "draws n batch"]:
+                   reuse_prefix: bool = True, *, tokens: Any = None,
+                   replacement: Replacement | None = None) -> Float[np.ndarray, "draws n batch"]:
         """The metric under each mask, per draw of the replacement and per example.
+        tokens, replacement: other prompts of the same shape and one replacement for them
+        (the patching step's counterfactual run and clean values); `ablation` names it.
 
         Lists of component names are ablated together (an empty list is the clean model).
         Sets smaller than the study's chunk size are padded with clean masks to a power of
@@ -213,19 +215,21 @@ class Study:
         chunk = min(self._chunk * self._n_devices, len(mask_set))
         report = None if self.progress is None else (
             lambda done, total: self.progress(step, done, total))
+        tokens = self.tokens if tokens is None else tokens
+        drawn = self.replacements(ablation) if replacement is None else [replacement]
         if self.store is None:
-            out = [sweep(self.model, self.tokens, mask_set, r, self.metric, chunk,
+            out = [sweep(self.model, tokens, mask_set, r, self.metric, chunk,
                          progress=report, reuse_prefix=reuse_prefix, devices=self.devices,
                          mesh=self.mesh)
-                   for r in self.replacements(ablation)]
+                   for r in drawn]
         else:  # one stored sweep per draw, keyed by what it computes
             tag = masks_digest(mask_set)[:12]
-            out = [self.store.sweep(self.model, self.tokens, mask_set, r, self.metric, chunk,
+            out = [self.store.sweep(self.model, tokens, mask_set, r, self.metric, chunk,
                                     key=f"{step}-{ablation}-d{d}-{tag}", seed=self.seed,
                                     ablation=ablation, progress=report,
                                     reuse_prefix=reuse_prefix, devices=self.devices,
                                     mesh=self.mesh)
-                   for d, r in enumerate(self.replacements(ablation))]
+                   for d, r in enumerate(drawn)]
         return np.stack(out).astype(np.float64)[:, :n]
 
     def effect_of(self, ablated: Float[np.ndarray, "*draws n batch"]
@@ -260,21 +264,11 @@ class Study:
     @property
     def threshold(self) -> float:
         """The critical effect: given, or 10% of |baseline| (see the module docstring)."""
-        if self._threshold is not None:
-            return self._threshold
-        base = float(self.baseline_values().mean())
-        if abs(base) > 1e-6:
-            return THRESHOLD_FRACTION * abs(base)
-        return THRESHOLD_FRACTION * abs(float(self.all_ablated(self.ablation).mean()) - base)
+        return protocol_steps.threshold(self, self._threshold)[0]
 
     @property
     def threshold_rule(self) -> str:
-        if self._threshold is not None:
-            return "given (threshold=)"
-        if abs(float(self.baseline_values().mean())) > 1e-6:
-            return f"{THRESHOLD_FRACTION:g} x |baseline mean|"
-        return (f"{THRESHOLD_FRACTION:g} x |metric(all studied components ablated) - baseline| "
-                f"(the baseline is 0)")
+        return protocol_steps.threshold(self, self._threshold)[1]
 
     def has_single(self, ablation: str) -> bool:
         """Whether the single-component effects under `ablation` are computed already."""
@@ -301,18 +295,9 @@ class Study:
                          "per_example": values})
 
     def single(self) -> list[dict[str, Any]]:
-        """One record per component (study order): effect, sem, CI, rank, flags, per example."""
-        e = self.effects()
-        records = []
-        for i, name in enumerate(self.names):
-            c = self._parsed[name]
-            records.append({
-                "component": name, "kind": STUDY_KINDS[c.kind], "layer": c.index[0],
-                "index": c.index[1] if len(c.index) > 1 else None, "effect": e.mean[i],
-                "sem": e.sem[i], "ci_low": e.ci_low[i], "ci_high": e.ci_high[i],
-                "rank": e.rank[i], "critical": e.critical[i], "negative": e.negative[i],
-                "no_effect": e.no_effect[i], "per_example": e.per_example[i]})
-        return jsonable(records)
+        """One record per component (study order): effect, sem, CI, rank, flags, per example
+        (`steps.single_records`)."""
+        return protocol_steps.single_records(self)
 
     def cumulative(self, fractions: Sequence[float] = DEFAULT_FRACTIONS) -> dict[str, Any]:
         """Ablate the round(f * N) least important components (smallest |effect|) together,
@@ -360,11 +345,18 @@ class Study:
         changes (`steps.compare_ablations`)."""
         return protocol_steps.compare_ablations(self, types)
 
+    def patching(self) -> dict[str, Any]:
+        """Denoising activation patching of the critical heads and MLPs by position, and
+        path patching to the logits (`jaxablate.study.patching`; needs a counterfactual)."""
+        patching_step.check_patching(self)
+        return self._cached("patching", lambda: patching_step.patching(self))
+
     def run(self, *, fractions: Sequence[float] = DEFAULT_FRACTIONS, target: float | int = 0.8,
             top_k: int | None = None, types: Sequence[str] = ABLATIONS,
-            steps: Sequence[str] = STEPS, screen_method: str = "ig", screen_steps: int = 16,
+            steps: Sequence[str] = DEFAULT_STEPS, screen_method: str = "ig", screen_steps: int = 16,
             screen_top_k: int | None = None) -> "StudyResult":
-        """Every step (or those in `steps`; skipped ones are None) as a `StudyResult`.
+        """The default steps (or those in `steps`, of STEPS: "patching" is asked for by
+        name; skipped ones are None) as a `StudyResult`.
 
         screen_method, screen_steps, screen_top_k: the screening step's `method`, `steps`
         and `top_k` (see `screen`)."""
@@ -376,12 +368,15 @@ class Study:
         check_types(types)
         self.interaction_top_k(top_k)
         check_screening(screen_method, screen_steps, screen_top_k, len(self.names))
+        if "patching" in steps:
+            patching_step.check_patching(self)
         calls = {"baseline": self.baseline, "single": self.single,
                  "screening": lambda: self.screen(screen_method, screen_steps, screen_top_k),
                  "cumulative": lambda: self.cumulative(fractions),
                  "circuit": lambda: self.minimal_circuit(target),
                  "interactions": lambda: self.interactions(top_k),
-                 "ablation_comparison": lambda: self.compare_ablations(types)}
+                 "ablation_comparison": lambda: self.compare_ablations(types),
+                 "patching": self.patching}
         out: dict[str, Any] = {}
         seconds: dict[str, float] = {}
         for step in ("baseline", "single") + tuple(s for s in STEPS[2:] if s in steps):
@@ -393,7 +388,8 @@ class Study:
                            single=out["single"], screening=out.get("screening"),
                            cumulative=out.get("cumulative"),
                            circuit=out.get("circuit"), interactions=out.get("interactions"),
-                           ablation_comparison=out.get("ablation_comparison"))
+                           ablation_comparison=out.get("ablation_comparison"),
+                           patching=out.get("patching"))
 
     def meta(self, seconds: dict[str, float] | None = None) -> dict[str, Any]:
         """What was studied, how, with which versions, when (`steps.study_meta`)."""

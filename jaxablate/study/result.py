@@ -4,6 +4,7 @@ form applies (`as_result_dict`, used by `jaxablate.report`).
 
     result = Study(model, task).run()
     result.to_dict()      # {"meta", "baseline", "single", "screening", ..., "ablation_comparison"}
+                          # and "patching" when that optional step ran
     print(result.table(10))
 """
 
@@ -21,7 +22,9 @@ from jaxablate.errors import InputError, InputTypeError
 
 @dataclasses.dataclass(frozen=True)
 class StudyResult:
-    """Every step of a `Study.run()`, each a JSON-able section (None where skipped)."""
+    """Every step of a `Study.run()`, each a JSON-able section (None where skipped).
+    `patching`, a step off by default, is left out of `to_dict()` unless it ran, so the
+    default protocol's results keep their keys."""
 
     meta: dict[str, Any]
     baseline: dict[str, Any]
@@ -31,10 +34,12 @@ class StudyResult:
     circuit: dict[str, Any] | None = None
     interactions: dict[str, Any] | None = None
     ablation_comparison: dict[str, Any] | None = None
+    patching: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """The whole result as plain JSON types (`json.dumps(..., allow_nan=False)` works)."""
-        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)
+                if f.name != "patching" or self.patching is not None}
 
     def table(self, k: int = 10) -> str:
         """The k largest effects as a ranked text table: rank, component, effect ± s.e.,

@@ -28,6 +28,9 @@ comparison  the single study under several ablation types; resample = the mean o
     minimal_circuit(study, target, max)   greedy restoration, faithfulness, minimality
     interactions(study, top_k)            joint - singles over the top-k pairs by |effect|
     compare_ablations(study, types)       zero vs mean vs resample
+    replacement_values(study, ablation)   the replacement(s) of an ablation type
+    single_records(study)                 the single step's records
+    threshold(study, given)               the critical effect and the rule that set it
     study_meta(study, seconds)            the result's "meta" section
 """
 
@@ -43,8 +46,11 @@ from typing import TYPE_CHECKING, Any
 import jax
 import numpy as np
 
+from jaxablate.ablation.components import parse_component
+from jaxablate.ablation.replacements import mean_replacement, resample_replacement, zero_replacement
+from jaxablate.model.replacement import Replacement
 from jaxablate.model.validation import check_int
-from jaxablate.study.checks import check_fractions, check_target, check_types
+from jaxablate.study.checks import STUDY_KINDS, check_fractions, check_target, check_types
 from jaxablate.study.result import jsonable
 from jaxablate.study.stats import (
     CI_LEVEL,
@@ -57,6 +63,53 @@ from jaxablate.version import VERSION
 
 if TYPE_CHECKING:  # the protocol imports this module; at run time only `study` is passed in
     from jaxablate.study.protocol import Study
+
+THRESHOLD_FRACTION = 0.1
+
+
+def replacement_values(study: Study, ablation: str) -> list[Replacement]:
+    """One replacement (zero, mean) or `resample_draws` of them (resample; see
+    `jaxablate.study.protocol` for where the values come from)."""
+    seq = study.tokens.shape[1]
+    same = study.reference.shape[1] == seq
+    if ablation == "zero":
+        return [zero_replacement(study.model)]
+    if ablation == "mean":
+        return [mean_replacement(study.model, study.reference, per_position=same)]
+    keys = jax.random.split(jax.random.key(study.seed), study.resample_draws)
+    own = study.reference is study.tokens or not same
+    return [resample_replacement(study.model, study.tokens, k) if own else
+            resample_replacement(study.model, study.reference, k,
+                                 n_examples=study.tokens.shape[0]) for k in keys]
+
+
+def single_records(study: Study) -> list[dict[str, Any]]:
+    """One record per component (study order): effect, sem, CI, rank, flags, per example."""
+    e = study.effects()
+    records = []
+    for i, name in enumerate(study.names):
+        c = parse_component(name)
+        records.append({
+            "component": name, "kind": STUDY_KINDS[c.kind], "layer": c.index[0],
+            "index": c.index[1] if len(c.index) > 1 else None, "effect": e.mean[i],
+            "sem": e.sem[i], "ci_low": e.ci_low[i], "ci_high": e.ci_high[i],
+            "rank": e.rank[i], "critical": e.critical[i], "negative": e.negative[i],
+            "no_effect": e.no_effect[i], "per_example": e.per_example[i]})
+    return jsonable(records)
+
+
+def threshold(study: Study, given: float | None) -> tuple[float, str]:
+    """The critical effect and its rule: `given`, else THRESHOLD_FRACTION x |baseline mean|,
+    else (a baseline of 0, kl_to_clean) of |metric(all studied components ablated) -
+    baseline|."""
+    if given is not None:
+        return given, "given (threshold=)"
+    base = float(study.baseline_values().mean())
+    if abs(base) > 1e-6:
+        return THRESHOLD_FRACTION * abs(base), f"{THRESHOLD_FRACTION:g} x |baseline mean|"
+    rule = (f"{THRESHOLD_FRACTION:g} x |metric(all studied components ablated) - baseline| "
+            "(the baseline is 0)")
+    return THRESHOLD_FRACTION * abs(float(study.all_ablated(study.ablation).mean()) - base), rule
 
 
 def cumulative(study: Study, fractions: Sequence[float]) -> dict[str, Any]:
