@@ -76,10 +76,13 @@ def random_replacement(cfg, seq, rng):
     def normal(*shape):
         return jnp.asarray(rng.standard_normal(shape).astype(np.float32))
 
-    return Replacement(z=normal(cfg.n_layers, seq, cfg.n_heads, cfg.d_head),
+    heads = (cfg.n_layers, seq, cfg.n_heads, cfg.d_head)
+    return Replacement(z=normal(*heads),
                        mlp_out=normal(cfg.n_layers, seq, cfg.d_model),
                        post=normal(cfg.n_layers, seq, cfg.d_mlp),
-                       resid=normal(cfg.n_layers, seq, cfg.d_model))
+                       resid=normal(cfg.n_layers, seq, cfg.d_model),
+                       resid_mid=normal(cfg.n_layers, seq, cfg.d_model),
+                       q=normal(*heads), k=normal(*heads), v=normal(*heads))
 
 
 def mask_shapes(cfg, seq):

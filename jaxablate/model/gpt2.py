@@ -149,7 +149,7 @@ class GPT2(eqx.Module):
     def block(
         self,
         layer: Int[Array, ""],
-        x: Float[Array, "seq d_model"],
+        x: Float[Array, "held d_model"],
         mask: Mask,
         replacement: Replacement,
         queries: Int[Array, " k"] | None = None,
@@ -175,7 +175,7 @@ class GPT2(eqx.Module):
     def attend(
         self,
         layer: Int[Array, ""],
-        x: Float[Array, "seq d_model"],
+        x: Float[Array, "held d_model"],
         mask: Mask,
         replacement: Replacement,
         queries: Int[Array, " k"] | None = None,
