@@ -169,14 +169,24 @@ def check_replacement(
                              "zero_replacement, mean_replacement and resample_replacement fill "
                              "every field")
         shape = np.shape(value)
+        want = per_layer[field]
+        seq_axis = want.index(None)
+        if replacement.kind == "patch" and len(shape) == len(want) + 1:
+            # Paired by index, position by position: a length-1 source is no broadcast here.
+            source = [shape[0], shape[seq_axis + 1]]
+            if source != [batch, seq_len]:
+                raise InputError(f"replacement.{field}: the source prompts have shape "
+                                 f"{source} and the evaluated ones {[batch, seq_len]}; "
+                                 "patching pairs them by index (example i, position p of the "
+                                 "source into example i, position p), so build the "
+                                 "replacement with patch_replacement(model, source_tokens) "
+                                 "from source prompts of the evaluated prompts' shape")
         if replacement.per_example:
             if not shape or shape[0] != batch:
                 raise InputError(f"replacement.{field}: per-example values for batch "
                                  f"{shape[0] if shape else None}, but {batch} prompts are "
                                  "evaluated")
             shape = shape[1:]
-        want = per_layer[field]
-        seq_axis = want.index(None)
         ok = len(shape) == len(want) and all(
             w is None or s == w for s, w in zip(shape, want)
         ) and shape[seq_axis] in (1, seq_len)

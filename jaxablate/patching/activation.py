@@ -23,12 +23,16 @@ import numpy as np
 from jaxablate.ablation import masks
 from jaxablate.ablation.masks import MaskSet
 from jaxablate.ablation.metrics import check_metric
-from jaxablate.ablation.replacements import patch_replacement
-from jaxablate.engine.sweeping import sweep
-from jaxablate.errors import InputError
+from jaxablate.ablation.replacements import patch_replacement, zero_replacement
+from jaxablate.engine.sharding import placement
+from jaxablate.engine.sweeping import check_sweep, sweep
+from jaxablate.errors import InputError, InputTypeError
 from jaxablate.model.batched import validate_call
 from jaxablate.model.config import GPT2Config
 from jaxablate.model.gpt2 import GPT2
+
+# `jaxablate.sweep`'s keywords a patching function passes on.
+SWEEP_OPTIONS = ("progress", "reuse_prefix", "memory_budget", "devices", "mesh")
 
 
 def check_source(model: GPT2, tokens: Any, source_tokens: Any) -> tuple[np.ndarray, np.ndarray]:
@@ -85,6 +89,15 @@ def _patch(model: GPT2, tokens: Any, source_tokens: Any, metric: Any, parts: tup
     check_metric(metric)
     tokens, source = check_source(model, tokens, source_tokens)
     mask_set, shape = _mask_set(model.cfg, tokens.shape[1], parts)
+    # The sweep's own checks (chunk size, progress, devices, ...) before the source run,
+    # which compiles: zero values stand in for the patch values, of the shapes checked above.
+    unknown = sorted(set(kwargs) - set(SWEEP_OPTIONS))
+    if unknown:
+        raise InputTypeError(f"unexpected keyword arguments {unknown}; the sweep's options are "
+                             f"{list(SWEEP_OPTIONS)}")
+    placement(kwargs.get("devices"), kwargs.get("mesh"))
+    check_sweep(model, tokens, mask_set, zero_replacement(model), metric, chunk_size,
+                kwargs.get("memory_budget"), kwargs.get("progress"))
     values = sweep(model, tokens, mask_set, patch_replacement(model, source), metric,
                    chunk_size, **kwargs)
     values = values.reshape(shape + (tokens.shape[0],))
