@@ -6,6 +6,9 @@ How it stays fast:
     is computed once, not once per mask);
   * the start layer is data, and chunks have one fixed shape (the last is padded with
     keep-all masks), so a single program is compiled and reused for every group and chunk;
+  * rows before a mask's first changed position stay clean (causal attention) and are not
+    recomputed: one more program per row start, at most `plan.ROW_GROUPS` of them whatever
+    the masks (the row start is rounded down), so masks still never recompile past those;
   * logits are computed only at the positions the metric reads, and only for the token ids
     it reads when it declares them (a logit difference: two columns of the unembedding);
   * the chunk size is the one of least estimated cost (`schedule.py`) within a memory budget:
