@@ -71,9 +71,16 @@ def first_rows(mask_set: MaskSet, seq: int) -> np.ndarray:
 
 def row_groups(rows: np.ndarray, seq: int) -> np.ndarray:
     """Each mask's row start: its first changed position rounded down to a multiple of
-    seq / ROW_GROUPS (a few fixed shapes, so a few compilations), at most seq - 1."""
+    seq / ROW_GROUPS (a few fixed shapes, so a few compilations). A mask that changes
+    nothing (row seq) reads the clean logits from any program: it joins the most common
+    row start of the others (0 if there are none), so it adds no program of its own."""
     step = max(1, -(-seq // ROW_GROUPS))
-    return np.minimum(rows // step * step, seq - 1)
+    starts = rows // step * step
+    clean = rows >= seq
+    if clean.any():
+        values, counts = np.unique(starts[~clean], return_counts=True)
+        starts[clean] = values[np.argmax(counts)] if len(values) else 0
+    return starts
 
 
 def shared_parents(mask_set: MaskSet, first: np.ndarray, last: np.ndarray,
