@@ -29,6 +29,7 @@ from jaxablate.model.replacement import Replacement
 from jaxablate.model.sae import SAE
 from jaxablate.model.saving import save_gpt2
 from jaxablate.model.tokenizer import load_tokenizer
+from jaxablate.optimal.search import OptimalAblation, optimal_replacement
 from jaxablate.patching.paths import path_patch
 from jaxablate.screening.attribution import Attribution, attribute
 from jaxablate.screening.patterns import AttentionScores, attention_scores
@@ -51,6 +52,7 @@ __all__ = [
     "Mask",
     "MaskSet",
     "NonFiniteMetricError",
+    "OptimalAblation",
     "Replacement",
     "ResultsStore",
     "SAE",
@@ -67,6 +69,7 @@ __all__ = [
     "masks",
     "mean_replacement",
     "metrics",
+    "optimal_replacement",
     "parse_component",
     "report",
     "planned_chunk_size",

@@ -81,7 +81,7 @@ def mean_replacement(model: GPT2, reference_tokens: Any, per_position: bool = Tr
     return Replacement(**means, kind="mean")
 
 
-def _check_key(key: Any) -> jax.Array:
+def check_key(key: Any) -> jax.Array:
     """One PRNG key: a typed key (`jax.random.key(0)`), a legacy uint32 [2] key
     (`jax.random.PRNGKey(0)`), or an int seed (read as `jax.random.key(seed)`)."""
     if isinstance(key, (int, np.integer)) and not isinstance(key, (bool, np.bool_)):
@@ -122,7 +122,7 @@ def resample_replacement(model: GPT2, tokens: Any, key: Any, *,
         >>> r = resample_replacement(model, tokens, jax.random.key(0))
         >>> r.per_example, r.z.shape              # [batch, layer, seq, head, d_head]
     """
-    key = _check_key(key)
+    key = check_key(key)
     tokens = check_tokens(tokens, model.cfg)
     n_source = len(tokens)
     if n_examples is None:

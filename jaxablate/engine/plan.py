@@ -147,10 +147,12 @@ class Plan:
 
 def plan_sweep(model: GPT2, mask_set: MaskSet, batch: int, seq: int, n_read: int,
                metric: Metric, chunk_size: Any, memory_budget: int | None,
-               reuse_prefix: bool) -> Plan:
+               reuse_prefix: bool, share_parents: bool = True) -> Plan:
     """The plan of a sweep of `mask_set` over `batch` prompts of `seq` tokens whose metric
     reads `n_read` positions: each mask's start layer, the parents and their children, the
     chunk size (the given one, else the cheapest that fits `memory_budget`).
+    share_parents=False: every mask resumes from the clean stream (per-mask replacement
+    values: a parent's ablation would differ from child to child).
 
     Example:
         >>> plan = plan_sweep(model, masks.single_heads(cfg), 8, 16, 1, metric, None, None,
@@ -164,7 +166,7 @@ def plan_sweep(model: GPT2, mask_set: MaskSet, batch: int, seq: int, n_read: int
     if not reuse_prefix:
         first[:] = 0
     parents, parent_of = (shared_parents(mask_set, first, last, sae_layer) if reuse_prefix
-                          else (None, np.full(n, -1, np.int64)))
+                          and share_parents else (None, np.full(n, -1, np.int64)))
 
     # The schedule, on the host. Masks without a parent, by row start (one program shape
     # each), then by first touched layer: each chunk resumes from the clean stream at its

@@ -4,6 +4,8 @@ every mask shares (the model itself, `jaxablate.model.gpt2`, knows nothing of th
     resume(model, x, start, mask, replacement, positions)     layers start.. -> logits
     reattend(model, layer, resid_mid, z, mask, replacement)   reuse a layer's clean attention
     trajectory(model, resid, start, mask, replacement)        the stream entering every layer
+    resume_differentiable(model, x, start, mask, replacement, positions)   `resume`, with a
+                                                              reverse-mode derivative
 
 The sweep runs the clean forward once, caching the stream entering every layer (and each
 layer's unablated attention). A mask that first touches layer L resumes from the cached
@@ -166,3 +168,45 @@ def trajectory(
     mid, z = (None, None) if attended is None else attended
     resid, mid, z = jax.lax.fori_loop(start, model.cfg.n_layers, step, (resid, mid, z))
     return resid if attended is None else (resid, (mid, z))
+
+
+def resume_differentiable(
+    model: GPT2,
+    x: Float[Array, "seq d_model"],
+    start: Int[Array, ""],
+    mask: Mask,
+    replacement: Replacement,
+    positions: Int[Array, " k"],
+    columns: Int[Array, " n"] | None = None,
+) -> Float[Array, "k n"]:
+    """`resume` (without attention reuse or row skipping) that reverse-mode differentiates:
+    logits at `positions` from the stream `x` entering layer `start`, as a function of the
+    mask and the replacement values (optimal ablation descends on the latter).
+
+    `resume`'s loop runs from `start`, a trip count that is data, which has no reverse-mode
+    derivative; here a scan over every layer passes the stream through the layers before
+    `start` instead. Under `jax.vmap` over masks that share `start` (a chunk resumes at its
+    earliest mask's layer) the condition is not batched, so it stays a branch and a skipped
+    layer costs nothing.
+
+    Example:
+        >>> grad = jax.grad(lambda r: resume_differentiable(model, x, start, mask, r,
+        ...                                                 positions).sum())(replacement)
+    """
+    last = model.cfg.n_layers - 1
+
+    def step(x, layer):
+        def run(x):
+            x = model.block(layer, x, mask, replacement)[0]
+            return model.enter(layer + 1, x, mask, replacement)
+
+        return jax.lax.cond(layer >= start, run, lambda x: x, x), None
+
+    x = model.enter(start, x, mask, replacement)
+    x, _ = jax.lax.scan(step, x, jnp.arange(last))
+    read = jax.lax.cond(
+        start <= last,
+        lambda x: model.block(jnp.int32(last), x, mask, replacement, positions)[0],
+        lambda x: x[positions],  # start past the last layer: a mask that changes nothing
+        x)
+    return model.unembed(read, columns)

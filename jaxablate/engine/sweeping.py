@@ -100,8 +100,9 @@ def _run_chunk(model, x0, attended, start, masks, replacement, tokens, positions
     r_axis = 0 if replacement is not None and replacement.per_example else None
     per_example = jax.vmap(one, in_axes=(None, 0, 0, 0, r_axis, 0, 0, 0, 0, 0))
     x_axis = 0 if x0.ndim == 4 else None
+    m_axis = 0 if replacement is not None and replacement.per_mask else None
     # axis_size: a chunk of clean masks only is a Mask with no fields (nothing to map over).
-    return jax.vmap(per_example, in_axes=(0, x_axis, x_axis) + (None,) * 7,
+    return jax.vmap(per_example, in_axes=(0, x_axis, x_axis, None, m_axis) + (None,) * 5,
                     axis_size=n_masks)(masks, x0, attended, prefix, replacement, tokens,
                                        positions, columns, clean, data)
 
@@ -142,7 +143,8 @@ def check_sweep(model: GPT2, tokens: Any, masks: MaskSet | Mask, replacement: An
     batch, seq = tokens.shape
     mask_set = as_mask_set(masks, model, seq)
     n_features = None if model.sae is None else model.sae.n_features
-    check_replacement(replacement, mask_set.kinds, model.cfg, seq, batch, n_features)
+    check_replacement(replacement, mask_set.kinds, model.cfg, seq, batch, n_features,
+                      n_masks=len(mask_set))
     positions, data = metric.prepare(tokens, model.cfg)
     if chunk_size is not None:
         chunk_size = check_chunk_size(model, batch, seq, positions.shape[1], chunk_size,
@@ -187,7 +189,10 @@ def sweep(
     (`jaxablate.sweep` is this with `store=`, see `jaxablate.store.front`.)
 
     tokens: int [batch, seq]. masks: a `MaskSet` from `jaxablate.masks` (or a dense stacked
-    `Mask` with leading axis N). replacement: from zero/mean/resample_replacement. metric:
+    `Mask` with leading axis N). replacement: from zero/mean/resample/patch_replacement,
+    shared by every mask, or per-mask values (leading mask axis N, `optimal_replacement`:
+    mask n is blended towards its own; masks then resume from the clean stream, never from a
+    shared parent's, whose ablation would differ from child to child). metric:
     from `jaxablate.metrics`. chunk_size: masks per compiled call (default: the size of least
     estimated cost that fits `memory_budget` bytes, see `jaxablate.engine.schedule`).
     progress(done, total) is called after every chunk.
@@ -210,8 +215,9 @@ def sweep(
     batch, seq = tokens.shape
     n = len(mask_set)
     explicit = chunk_size is not None
+    per_mask = replacement is not None and replacement.per_mask
     plan = plan_sweep(model, mask_set, batch, seq, positions.shape[1], metric, chunk_size,
-                      memory_budget, reuse_prefix)
+                      memory_budget, reuse_prefix, share_parents=not per_mask)
     first, last, parents, parent_of = plan.first, plan.last, plan.parents, plan.parent_of
     own, blocks, block, chunk_size = plan.own, plan.blocks, plan.block, plan.chunk_size
     # Several devices: whole chunks of masks per device (the planned size each), padded.
@@ -223,7 +229,8 @@ def sweep(
 
     columns, data = vocab_columns(metric, data)
     # Copied to every device once (a no-op on one device); the clean pass then runs on each.
-    model, replacement = place.replicate(model), place.replicate(replacement)
+    model = place.replicate(model)
+    shared = None if per_mask else place.replicate(replacement)
     tokens_j, positions_j = place.replicate((jnp.asarray(tokens), jnp.asarray(positions)))
     columns_j = None if columns is None else place.replicate(jnp.asarray(columns))
     data_j = place.replicate({k: jnp.asarray(v) for k, v in data.items()})
@@ -243,7 +250,10 @@ def sweep(
         chunk = place.split(_pad(mask_set.materialize(idx), chunk_size))
         if x0.ndim == 4:  # one stream per mask (resumed from its parent's)
             x0, att = place.split((x0, att))
-        values = _run_chunk(model, x0, att, jnp.int32(start), chunk, replacement, tokens_j,
+        # Per-mask values travel with their masks (padding masks keep all: any values do).
+        repl = shared if not per_mask else place.split(
+            _pad(replacement.take(jnp.asarray(idx)), chunk_size, 0.0))
+        values = _run_chunk(model, x0, att, jnp.int32(start), chunk, repl, tokens_j,
                             positions_j, columns_j, clean, data_j, metric.score, chunk_size,
                             prefix)
         out[idx] = np.asarray(values)[: len(idx)]
@@ -274,7 +284,7 @@ def sweep(
         local[p_idx] = np.arange(len(p_idx))
         traj = _run_trajectories(model, resid, attended, jnp.int32(p_first[p_idx[0]]),
                                  place.split(_pad(parents.materialize(p_idx), block)),
-                                 replacement)
+                                 shared)
         traj_resid, traj_att = traj if attended is not None else (traj, None)
         for k in range(0, len(kids), chunk_size):
             idx = kids[k:k + chunk_size]

@@ -139,8 +139,17 @@ def check_replacement(
     seq_len: int,
     batch: int,
     n_features: int | None,
+    n_masks: int | None = None,
 ) -> None:
-    """Check that `replacement` has values, of the right shapes, for every kind masked."""
+    """Check that `replacement` has values, of the right shapes, for every kind masked.
+
+    n_masks: the number of masks of a sweep (which alone takes a per-mask replacement, with
+    a leading axis of that length); None for a call that applies one mask."""
+    if isinstance(replacement, Replacement) and replacement.per_mask:
+        if n_masks is None:
+            raise InputError("replacement: per-mask values (one per mask of a sweep, e.g. from "
+                             "optimal_replacement) but this call applies one mask; pass "
+                             "replacement.for_mask(n), the values of mask n")
     if not mask_kinds:
         return
     if replacement is None:
@@ -181,6 +190,12 @@ def check_replacement(
                                  "source into example i, position p), so build the "
                                  "replacement with patch_replacement(model, source_tokens) "
                                  "from source prompts of the evaluated prompts' shape")
+        if replacement.per_mask:
+            if not shape or shape[0] != n_masks:
+                raise InputError(f"replacement.{field}: per-mask values for "
+                                 f"{shape[0] if shape else None} masks, but the sweep runs "
+                                 f"{n_masks}; build the replacement for these masks")
+            shape = shape[1:]
         if replacement.per_example:
             if not shape or shape[0] != batch:
                 raise InputError(f"replacement.{field}: per-example values for batch "

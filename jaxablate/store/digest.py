@@ -6,7 +6,7 @@ them, so that a stored sweep is resumed only with the inputs that made it.
     model_digest(model)                            structure with static fields (the config, the
                                                    SAE's layer) and every weight array
     masks_digest(mask_set)                         config, seq_len, SAE size, kinds, names, entries
-    replacement_digest(replacement)                kind, per_example, every array (None allowed)
+    replacement_digest(replacement)                kind, per_example, per_mask, every array
     metric_digest(metric, tokens, cfg)             class, attributes, the code of its score
                                                    function, what it prepared for `tokens`
     versions()                                     jaxablate, jax, jaxlib, numpy, equinox versions
@@ -87,6 +87,9 @@ def masks_digest(mask_set: MaskSet) -> str:
 def replacement_digest(replacement: Replacement | None) -> str:
     if replacement is None:
         return digest(None)
+    if replacement.per_mask:  # (the flag joins only here: earlier stores keep their digests)
+        return digest(replacement.kind, replacement.per_example, "per_mask",
+                      _arrays(replacement))
     return digest(replacement.kind, replacement.per_example, _arrays(replacement))
 
 
