@@ -2,6 +2,8 @@
 
     search.py     `optimal_replacement` (Adam on every mask's constants at once) and its
                   record, `OptimalAblation`
+    singles.py    `shared_from_singles`: single components' constants in one shared
+                  replacement (each component at its own optimum, in any set)
     objective.py  the damage minimised (KL to clean, loss, or a metric) and its value and
                   gradient for a chunk of masks
 
@@ -12,5 +14,7 @@ Example:
 
 from jaxablate.optimal.objective import OBJECTIVES, resolve_objective
 from jaxablate.optimal.search import OptimalAblation, optimal_replacement
+from jaxablate.optimal.singles import shared_from_singles
 
-__all__ = ["OBJECTIVES", "OptimalAblation", "optimal_replacement", "resolve_objective"]
+__all__ = ["OBJECTIVES", "OptimalAblation", "optimal_replacement", "resolve_objective",
+           "shared_from_singles"]
