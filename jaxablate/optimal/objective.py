@@ -19,12 +19,21 @@ from typing import Any
 import equinox as eqx
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from jaxablate.ablation import metrics
-from jaxablate.ablation.metrics import Metric, check_metric
+from jaxablate.ablation.masks import MaskSet
+from jaxablate.ablation.metrics import Metric, check_metric, vocab_columns
 from jaxablate.engine.resume import resume_differentiable
+from jaxablate.engine.schedule import budget_bytes, bytes_per_example
+from jaxablate.engine.sharding import Placement
 from jaxablate.errors import InputError
+from jaxablate.model.gpt2 import GPT2
 from jaxablate.model.replacement import Replacement
+
+# A backward pass keeps about this many times a forward's live activations (the scan's
+# residuals of every layer, and their cotangents).
+_BACKWARD_FACTOR = 3
 
 # The objectives by name: next-token loss, and KL to the clean distribution at every position.
 OBJECTIVES = ("kl_to_clean", "loss")
@@ -99,3 +108,88 @@ def damage_only(model, resid, start, masks, values, tokens, positions, columns,
     """The damage [chunk] alone (`damage_and_grad` without the backward pass)."""
     return _damage(model, resid, start, masks, values, tokens, positions, columns, clean_logits,
                    clean_score, data, score, sign)
+
+
+@eqx.filter_jit
+def _clean(model, tokens, positions, columns):
+    """The clean stream entering every layer [batch, layer+1, seq, d] and the logits at the
+    metric's positions [batch, k, n]."""
+    def one(tok, pos, cols):
+        _, acts = model.run(tok, collect=("resid_pre",))
+        resid = acts["resid_pre"]
+        return resid, model.unembed(resid[-1][pos], cols)
+
+    return jax.vmap(one)(tokens, positions, columns)
+
+
+class MaskObjective:
+    """The damage of N masks as a function of their values, on chosen prompts, in chunks.
+
+    Masks are held in order of their first layer (`order`: mask index at each row), padded
+    to `n_pad` rows with keep-all masks; chunks of one fixed shape resume from the clean
+    stream at their earliest mask's layer, split over `place`'s devices. Values are dicts
+    of replacement fields with a leading axis of n_pad rows in that order.
+
+    Example:
+        >>> objective = MaskObjective(model, tokens, heads, metrics.loss(), None, 3, place)
+        >>> batch = objective.prompts(np.arange(len(tokens)))
+        >>> damage, grads = objective.damage_and_grad(values, batch)      # [n_pad], like values
+    """
+
+    def __init__(self, model: GPT2, tokens: np.ndarray, mask_set: MaskSet, metric: Metric,
+                 chunk_size: int | None, batch_size: int, place: Placement,
+                 memory_budget: int | None = None):
+        n = len(mask_set)
+        positions, data = metric.prepare(tokens, model.cfg)
+        columns, data = vocab_columns(metric, data)
+        sae_layer = None if model.sae is None else model.sae.layer
+        first = mask_set.layer_span(sae_layer)[0]
+        self.order = np.argsort(first, kind="stable")
+        if chunk_size is None:
+            per_mask = _BACKWARD_FACTOR * batch_size * bytes_per_example(
+                model, tokens.shape[1], positions.shape[1])
+            chunk_size = max(1, min(n, budget_bytes(memory_budget) // per_mask))
+        chunk = place.round_up(min(int(chunk_size), place.round_up(n)))
+        self.n_pad = -(-n // chunk) * chunk
+        self.chunks = []
+        for begin in range(0, self.n_pad, chunk):
+            idx = self.order[begin:begin + chunk]
+            m = jax.tree_util.tree_map(lambda a, k=len(idx): a if k == chunk else jnp.concatenate(
+                [a, jnp.ones((chunk - k,) + a.shape[1:], a.dtype)]), mask_set.materialize(idx))
+            self.chunks.append((slice(begin, begin + chunk), jnp.int32(first[idx[0]]),
+                                place.split(m)))
+        self.model, self.place = place.replicate(model), place
+        self.score, self.sign = metric.score, damage_sign(metric)
+        tokens_j, data_j = jnp.asarray(tokens), {k: jnp.asarray(v) for k, v in data.items()}
+        columns_j = None if columns is None else jnp.asarray(columns)
+        resid, clean_logits = _clean(self.model, tokens_j, jnp.asarray(positions), columns_j)
+        clean_score = jax.vmap(metric.score)(clean_logits, tokens_j, clean_logits, data_j)
+        self.arrays = {"resid": resid, "tokens": tokens_j, "positions": jnp.asarray(positions),
+                       "columns": columns_j, "clean_logits": clean_logits,
+                       "clean_score": clean_score, "data": data_j}
+
+    def prompts(self, idx: np.ndarray) -> dict[str, Any]:
+        """The prompts `idx`' arrays (clean streams, logits, metric data), on every device."""
+        return self.place.replicate(jax.tree_util.tree_map(lambda a: a[jnp.asarray(idx)],
+                                                           self.arrays))
+
+    def _run(self, fn: Any, values: dict[str, jax.Array], batch: dict[str, Any]) -> list:
+        out = []
+        for rows, start, m in self.chunks:
+            v = self.place.split({f: a[rows] for f, a in values.items()})
+            out.append(fn(self.model, batch["resid"], start, m, v, batch["tokens"],
+                          batch["positions"], batch["columns"], batch["clean_logits"],
+                          batch["clean_score"], batch["data"], self.score, self.sign))
+        return out
+
+    def damage(self, values: dict[str, jax.Array], batch: dict[str, Any]) -> np.ndarray:
+        """Mean damage over the batch's prompts per row [n_pad] (numpy)."""
+        return np.concatenate([np.asarray(d) for d in self._run(damage_only, values, batch)])
+
+    def damage_and_grad(self, values: dict[str, jax.Array], batch: dict[str, Any]
+                        ) -> tuple[np.ndarray, dict[str, jax.Array]]:
+        """(damage [n_pad], its gradient with respect to `values`: row n's damage moves only
+        with row n's values, so this is every row's own gradient)."""
+        parts = self._run(damage_and_grad, values, batch)
+        grads = {f: jnp.concatenate([g[f] for _, g in parts]) for f in values}
+        return np.concatenate([np.asarray(d) for d, _ in parts]), grads

@@ -15,28 +15,22 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 
-from jaxablate.ablation.metrics import vocab_columns
 from jaxablate.ablation.replacements import check_key, mean_replacement, zero_replacement
 from jaxablate.engine.plan import as_mask_set
-from jaxablate.engine.schedule import budget_bytes, bytes_per_example
 from jaxablate.engine.sharding import placement
 from jaxablate.errors import InputError, InputTypeError
 from jaxablate.model.batched import validate_call
 from jaxablate.model.gpt2 import GPT2
 from jaxablate.model.replacement import FIELD_FOR_KIND, Replacement
 from jaxablate.model.validation import check_int, check_progress, check_replacement, check_tokens
-from jaxablate.optimal.objective import damage_and_grad, damage_only, damage_sign, resolve_objective
+from jaxablate.optimal.objective import MaskObjective, resolve_objective
 
 INITS = ("mean", "zero")
-# A backward pass keeps about this many times a forward's live activations (the scan's
-# residuals of every layer, and their cotangents).
-_BACKWARD_FACTOR = 3
 
 
 @dataclasses.dataclass
@@ -226,61 +220,16 @@ def optimal_replacement(
     order = np.asarray(jax.random.permutation(split_key, n_prompts))
     hold_idx, opt_idx = np.sort(order[:n_hold]), np.sort(order[n_hold:])
 
-    positions, data = metric.prepare(tokens, model.cfg)
-    columns, data = vocab_columns(metric, data)
     fields = sorted({FIELD_FOR_KIND[k] for k in mask_set.kinds})
     reference = tokens[opt_idx] if reference_tokens is None else reference_tokens
     start_values = _start_values(init, model, reference, fields, per_position, seq)
-
-    # Masks in order of their first layer; chunks of one fixed shape resume at their
-    # earliest mask's layer (the last chunk padded with keep-all masks, values unused).
-    place = placement(devices, mesh)
-    sae_layer = None if model.sae is None else model.sae.layer
-    first = mask_set.layer_span(sae_layer)[0]
-    by_layer = np.argsort(first, kind="stable")
-    if chunk_size is None:
-        per_mask = _BACKWARD_FACTOR * batch_size * bytes_per_example(model, seq,
-                                                                     positions.shape[1])
-        chunk_size = max(1, min(n, budget_bytes(memory_budget) // per_mask))
-    else:
+    if chunk_size is not None:
         chunk_size = check_int(chunk_size, "chunk_size", 1)
-    chunk = place.round_up(min(int(chunk_size), place.round_up(n)))
-    n_pad = -(-n // chunk) * chunk
-    chunks = []
-    for begin in range(0, n_pad, chunk):
-        idx = by_layer[begin:begin + chunk]
-        m = mask_set.materialize(idx)
-        m = jax.tree_util.tree_map(lambda a, k=len(idx): jnp.concatenate(
-            [a, jnp.ones((chunk - k,) + a.shape[1:], a.dtype)]) if k < chunk else a, m)
-        chunks.append((slice(begin, begin + chunk), jnp.int32(first[idx[0]]), place.split(m)))
-
-    # Clean pass: the stream entering every layer, the logits at the metric's positions.
-    model = place.replicate(model)
-    resid, clean_logits = _clean(model, jnp.asarray(tokens), jnp.asarray(positions),
-                                 None if columns is None else jnp.asarray(columns))
-    score = metric.score
-    sign = damage_sign(metric)
-    clean_score = jax.vmap(score)(clean_logits, jnp.asarray(tokens), clean_logits,
-                                  {k: jnp.asarray(v) for k, v in data.items()})
-    arrays = {"resid": resid, "tokens": jnp.asarray(tokens), "positions": jnp.asarray(positions),
-              "columns": None if columns is None else jnp.asarray(columns),
-              "clean_logits": clean_logits, "clean_score": clean_score,
-              "data": {k: jnp.asarray(v) for k, v in data.items()}}
-
-    def prompts(idx: np.ndarray) -> dict[str, Any]:
-        return place.replicate(jax.tree_util.tree_map(lambda a: a[jnp.asarray(idx)], arrays))
-
-    def run(fn: Any, values: dict[str, jax.Array], batch: dict[str, Any]) -> list[Any]:
-        out = []
-        for rows, start, m in chunks:
-            v = place.split({f: a[rows] for f, a in values.items()})
-            out.append(fn(model, batch["resid"], start, m, v, batch["tokens"],
-                          batch["positions"], batch["columns"], batch["clean_logits"],
-                          batch["clean_score"], batch["data"], score, sign))
-        return out
-
-    def damage(values: dict[str, jax.Array], batch: dict[str, Any]) -> np.ndarray:
-        return np.concatenate([np.asarray(d) for d in run(damage_only, values, batch)])
+    fit = MaskObjective(model, tokens, mask_set, metric, chunk_size, batch_size,
+                        placement(devices, mesh), memory_budget)
+    n_pad, by_layer = fit.n_pad, fit.order
+    damage = fit.damage
+    prompts = fit.prompts
 
     params = {f: jnp.broadcast_to(v, (n_pad,) + v.shape) for f, v in start_values.items()}
     optimiser = optax.adam(float(learning_rate))
@@ -290,7 +239,8 @@ def optimal_replacement(
     def update(params, grads, state, best, improved):
         keep = {f: jnp.where(improved.reshape((-1,) + (1,) * (a.ndim - 1)), a, best[f])
                 for f, a in params.items()}
-        updates, state = optimiser.update(grads, state, params)
+        with jax.numpy_dtype_promotion("standard"):  # optax: Python float ** int32 count
+            updates, state = optimiser.update(grads, state, params)
         return optax.apply_updates(params, updates), state, keep
 
     full = prompts(opt_idx)
@@ -304,10 +254,9 @@ def optimal_replacement(
                 batch = prompts(opt_idx[np.sort(np.asarray(pick)[:batch_size])])
             else:
                 batch = full
-            parts = run(damage_and_grad, params, batch)
-            grads = {f: jnp.concatenate([g[f] for _, g in parts]) for f in params}
-            value = (np.concatenate([np.asarray(d) for d, _ in parts])
-                     if batch is full else damage(params, full))
+            value, grads = fit.damage_and_grad(params, batch)
+            if batch is not full:
+                value = damage(params, full)
         else:
             value = damage(params, full)
         history[t] = value
@@ -340,16 +289,3 @@ def optimal_replacement(
         optimisation_prompts=opt_idx, held_out_prompts=hold_idx, steps=steps,
         learning_rate=float(learning_rate), batch_size=int(batch_size))
     return replacement, record
-
-
-@eqx.filter_jit
-def _clean(model, tokens, positions, columns):
-    """The clean stream entering every layer [batch, layer+1, seq, d] and the logits at the
-    metric's positions [batch, k, n]."""
-    def one(tok, pos, cols):
-        _, acts = model.run(tok, collect=("resid_pre",))
-        resid = acts["resid_pre"]
-        return resid, model.unembed(resid[-1][pos], cols)
-
-    return jax.vmap(one)(tokens, positions, columns)
-
