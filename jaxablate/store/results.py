@@ -56,6 +56,7 @@ from pathlib import Path
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Float
 
@@ -329,6 +330,9 @@ class ResultsStore:
                                             seq_len=mask_set.seq_len,
                                             n_features=mask_set.n_features)
             part = concat([part, pad])  # the same kinds: the same compiled programs
+        if replacement is not None and replacement.per_mask:  # the part's masks' own values
+            rows = np.concatenate([np.arange(lo, hi), np.full(size - (hi - lo), lo)])
+            replacement = replacement.take(jnp.asarray(rows))
         report = None if progress is None else (
             lambda done, total: progress(min(lo + int(done), hi), len(mask_set)))
         try:
