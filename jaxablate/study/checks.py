@@ -1,6 +1,8 @@
 """The host-side checks of a `Study`'s arguments (run before anything compiles), and the
-names they accept: ABLATIONS (ablation types) and STUDY_KINDS (study component kind -> the kind a
-report row names).
+names they accept: STEPS (a study's steps; DEFAULT_STEPS run by default), ABLATIONS (ablation
+types), STUDY_KINDS (study component kind -> the kind a
+report row names), OA_OBJECTIVES (what optimal ablation minimises in a study) and
+CIRCUIT_ABLATIONS (how the minimal circuit's complement is ablated).
 
     check_int(value, name, least) -> int           an int >= least (model.validation's)
     check_target(target) -> float                 a fraction in (0, 1]
@@ -10,6 +12,8 @@ report row names).
     check_kinds(components) -> tuple[str, ...]    distinct kinds of STUDY_KINDS (singular ok)
     check_study_inputs(model, task, ...)          the Study constructor's other arguments
     check_counterfactual(cf, tokens, cfg)         the patching step's source set, or None
+    check_optimal(steps, lr, objective)           the optimal-ablation fit's settings
+    check_circuit_ablation(value) -> str          "same" or "optimal"
 
 Each raises ValueError naming the argument and the value given.
 """
@@ -28,7 +32,13 @@ from jaxablate.model.gpt2 import GPT2
 from jaxablate.model.validation import check_int, check_tokens
 from jaxablate.tasks.base import Task
 
-ABLATIONS = ("zero", "mean", "resample")
+STEPS = ("baseline", "single", "screening", "cumulative", "circuit", "interactions",
+         "ablation_comparison", "patching")
+DEFAULT_STEPS = STEPS[:-1]  # patching needs a counterfactual source set
+DEFAULT_FRACTIONS = tuple(round(0.1 * i, 1) for i in range(1, 11))
+ABLATIONS = ("zero", "mean", "resample", "optimal")
+OA_OBJECTIVES = ("kl_to_clean", "loss")  # prompt-only: no answers needed to fit the constants
+CIRCUIT_ABLATIONS = ("same", "optimal")
 STUDY_KINDS = {"heads": "head", "mlps": "mlp", "neurons": "neuron"}  # -> a report row's kind
 
 
@@ -140,3 +150,35 @@ def check_counterfactual(counterfactual: Any, tokens: np.ndarray, cfg: Any) -> n
                          f"the prompts, got {list(counterfactual.shape)}; patching pairs prompt "
                          "i with counterfactual i, position by position")
     return counterfactual
+
+
+def check_optimal(steps: Any, learning_rate: Any, objective: Any) -> tuple[int, float, str]:
+    """The optimal-ablation settings of a `Study` (`oa_steps`, `oa_lr`, `oa_objective`) as
+    (int >= 1, finite float > 0, one of OA_OBJECTIVES); InputError naming the bad one.
+
+    Example:
+        >>> check_optimal(100, 0.01, "kl_to_clean")
+        (100, 0.01, 'kl_to_clean')
+    """
+    steps = check_int(steps, "oa_steps", 1)
+    if isinstance(learning_rate, bool) or not isinstance(learning_rate, (int, float)) or \
+            not math.isfinite(learning_rate) or learning_rate <= 0:
+        raise InputError(f"oa_lr must be a finite number > 0 (Adam's learning rate), got "
+                         f"{learning_rate!r}")
+    if not isinstance(objective, str) or objective not in OA_OBJECTIVES:
+        raise InputError(f"oa_objective must be one of {OA_OBJECTIVES} (a study fits the "
+                         f"constants on its reference prompts alone), got {objective!r}")
+    return steps, float(learning_rate), objective
+
+
+def check_circuit_ablation(value: Any) -> str:
+    """How the minimal circuit's complement is ablated: "same" (the study's ablation) or
+    "optimal" (jointly optimised constants as well); InputError otherwise.
+
+    Example:
+        >>> check_circuit_ablation("optimal")
+        'optimal'
+    """
+    if not isinstance(value, str) or value not in CIRCUIT_ABLATIONS:
+        raise InputError(f"circuit_ablation must be one of {CIRCUIT_ABLATIONS}, got {value!r}")
+    return value

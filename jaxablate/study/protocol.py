@@ -32,20 +32,24 @@ screening   gradient screening of every component (`jaxablate.attribute`, "ig" b
             then the top-k verified by exact ablation: Spearman, precision at k, failures
             (definitions in `jaxablate.study.screen`).
 cumulative, circuit, interactions, comparison: `jaxablate.study.steps`.
+optimal     ablation="optimal" (and the comparison's "optimal"): each component replaced by
+            its own optimal constant, fitted once on the reference prompts with a prompt-only
+            objective; the result's "optimal" section: Delta_OA vs Delta_mean per component
+            (`jaxablate.study.optimal`). The circuit step's circuit_ablation="optimal" also
+            ablates the circuit's complement with constants optimised for it jointly.
 patching    optional (not in DEFAULT_STEPS): denoising activation patching of the critical
             heads and MLPs position by position, and path patching to the logits, from the
             counterfactual prompts (`jaxablate.study.patching`).
 
-Replacement values: mean = `mean_replacement(model, reference)` (per position when the
-reference prompts have the evaluated length, else over batch and positions); resample draws
-each prompt's values from another prompt of the reference set (never itself when the reference
-set is the evaluated prompts; the evaluated prompts when the lengths differ).
+Replacement values (`steps.replacement_values`): mean = `mean_replacement(model, reference)`
+(per position when the reference prompts have the evaluated length, else over batch and
+positions); resample draws each prompt's values from another prompt of the reference set;
+optimal = each component's own optimal constant (`jaxablate.study.optimal`).
 """
 
 from __future__ import annotations
 
 import math
-import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -69,29 +73,27 @@ from jaxablate.errors import InputError
 from jaxablate.model.gpt2 import GPT2
 from jaxablate.model.replacement import Replacement
 from jaxablate.model.validation import check_int, check_tokens
+from jaxablate.optimal.search import OptimalAblation
 from jaxablate.store.digest import masks_digest
 from jaxablate.store.results import ResultsStore
+from jaxablate.study import optimal as optimal_step
 from jaxablate.study import patching as patching_step
+from jaxablate.study import run as study_run
 from jaxablate.study import steps as protocol_steps
-from jaxablate.study.checks import (
+from jaxablate.study.checks import (  # noqa: F401  (STEPS, DEFAULT_STEPS: re-exported)
     ABLATIONS,
+    DEFAULT_FRACTIONS,
+    DEFAULT_STEPS,
+    STEPS,
     check_counterfactual,
-    check_fractions,
+    check_optimal,
     check_screening,
     check_study_inputs,
-    check_target,
-    check_types,
 )
 from jaxablate.study.result import StudyResult, jsonable
 from jaxablate.study.screen import screen_and_verify
 from jaxablate.study.stats import Effects, bootstrap_counts, effect_stats
 from jaxablate.tasks.base import Task
-
-STEPS = ("baseline", "single", "screening", "cumulative", "circuit", "interactions",
-         "ablation_comparison", "patching")
-DEFAULT_STEPS = STEPS[:-1]  # patching needs a counterfactual source set
-DEFAULT_FRACTIONS = tuple(round(0.1 * i, 1) for i in range(1, 11))
-
 
 # ---------------------------------------------------------------------------------------------
 # The study.
@@ -104,10 +106,14 @@ class Study:
     tokens int [batch, seq] with `metric`. reference: int [n_ref, seq'] prompts for mean and
     resample values (default: the task's reference set, else the prompts). counterfactual:
     int [batch, seq] prompts paired with the prompts by index, the patching step's source
-    set (default: the task's, `Task.counterfactual`). ablation: "zero",
-    "mean" or "resample". components: kinds studied, among "heads", "mlps", "neurons"
+    set (default: the task's, `Task.counterfactual`). ablation: "zero", "mean", "resample"
+    or "optimal". components: kinds studied, among "heads", "mlps", "neurons"
     (neurons of `neuron_layers` only, default all). threshold: the critical effect (default
     10% of |baseline|). progress(step, done, total) is called after every sweep chunk.
+    oa_steps, oa_lr, oa_objective ("kl_to_clean" or "loss"): the optimal-ablation fit (Adam
+    steps, learning rate, what it minimises on the reference prompts), used by "optimal"
+    (as `ablation`, in the comparison, or circuit_ablation="optimal"; see
+    `jaxablate.study.optimal`).
     Results of each step are cached; `run()` returns all of them as a `StudyResult`.
     store: a folder (or `jaxablate.store.ResultsStore`) where every sweep is committed chunk
     by chunk: a study run again with the same inputs resumes from it, one with other inputs
@@ -127,7 +133,8 @@ class Study:
                  components: str | Sequence[str] = ("heads",),
                  neuron_layers: Sequence[int] | None = None, threshold: float | int | None = None,
                  seed: int = 0, n_bootstrap: int = 1000, resample_draws: int = 5,
-                 progress: Any = None,
+                 progress: Any = None, oa_steps: int = 100, oa_lr: float | int = 0.01,
+                 oa_objective: str = "kl_to_clean",
                  model_name: str | None = None, store: Any = None, overwrite: bool = False,
                  chunk_size: int | None = None, devices: Any = None, mesh: Any = None):
         metric, kinds, neuron_layers = check_study_inputs(
@@ -154,6 +161,8 @@ class Study:
         self.seed = check_int(seed, "seed", 0)
         self.n_bootstrap = check_int(n_bootstrap, "n_bootstrap", 1)
         self.resample_draws = check_int(resample_draws, "resample_draws", 1)
+        self.oa_steps, self.oa_lr, self.oa_objective = check_optimal(oa_steps, oa_lr,
+                                                                     oa_objective)
         self.progress, self.model_name = progress, model_name
         self._threshold = None if threshold is None else float(threshold)
         cfg = model.cfg
@@ -183,10 +192,25 @@ class Study:
         return self._cache[key]
 
     def replacements(self, ablation: str) -> list[Replacement]:
-        """One replacement (zero, mean) or `resample_draws` of them (resample), built once
-        (`steps.replacement_values`)."""
+        """One replacement (zero, mean, optimal) or `resample_draws` of them (resample), built
+        once (`steps.replacement_values`)."""
         return self._cached(("replacement", ablation),
                             lambda: protocol_steps.replacement_values(self, ablation))
+
+    def optimal_fit(self) -> tuple[Replacement, OptimalAblation, float]:
+        """The optimal constants of every single component (per-mask values [N, ...]), the
+        fit's record and the seconds it took, fitted once (`jaxablate.study.optimal.fit`)."""
+        return self._cached("optimal_fit", lambda: optimal_step.fit(
+            self, self.single_masks, "optimal fit"))
+
+    def has_optimal_fit(self) -> bool:
+        """Whether the single components' optimal constants are fitted already."""
+        return "optimal_fit" in self._cache
+
+    def optimal_record(self) -> OptimalAblation:
+        """The fit's `OptimalAblation` record: Delta_OA, Delta_mean, curves (reference
+        prompts, objective units), fitting it first if needed."""
+        return self.optimal_fit()[1]
 
     def sweep_sets(self, sets: MaskSet | list[list[str]], ablation: str, step: str,
                    reuse_prefix: bool = True, *, tokens: Any = None,
@@ -226,7 +250,8 @@ class Study:
             tag = masks_digest(mask_set)[:12]
             out = [self.store.sweep(self.model, tokens, mask_set, r, self.metric, chunk,
                                     key=f"{step}-{ablation}-d{d}-{tag}", seed=self.seed,
-                                    ablation=ablation, progress=report,
+                                    ablation=optimal_step.store_ablation(self, ablation),
+                                    progress=report,
                                     reuse_prefix=reuse_prefix, devices=self.devices,
                                     mesh=self.mesh)
                    for d, r in enumerate(drawn)]
@@ -304,12 +329,13 @@ class Study:
         for each fraction f (`steps.cumulative`)."""
         return protocol_steps.cumulative(self, fractions)
 
-    def minimal_circuit(self, target: float | int = 0.8, *, max_size: int | None = None
-                        ) -> dict[str, Any]:
+    def minimal_circuit(self, target: float | int = 0.8, *, max_size: int | None = None,
+                        circuit_ablation: str = "same") -> dict[str, Any]:
         """Greedy restoration from everything ablated until `target` is recovered (at most
-        `max_size` members): each step is one sweep over every candidate addition
-        (`steps.minimal_circuit`)."""
-        return protocol_steps.minimal_circuit(self, target, max_size)
+        `max_size` members): each step is one sweep over every candidate addition; with
+        circuit_ablation="optimal", also the circuit's recovered fraction with its complement
+        ablated jointly at constants optimised for it (`steps.minimal_circuit`)."""
+        return protocol_steps.minimal_circuit(self, target, max_size, circuit_ablation)
 
     def default_interaction_top_k(self) -> int:
         """Components whose pairs `interactions` tests when top_k is not given: every head when
@@ -354,42 +380,18 @@ class Study:
     def run(self, *, fractions: Sequence[float] = DEFAULT_FRACTIONS, target: float | int = 0.8,
             top_k: int | None = None, types: Sequence[str] = ABLATIONS,
             steps: Sequence[str] = DEFAULT_STEPS, screen_method: str = "ig", screen_steps: int = 16,
-            screen_top_k: int | None = None) -> "StudyResult":
+            screen_top_k: int | None = None, circuit_ablation: str = "same") -> "StudyResult":
         """The default steps (or those in `steps`, of STEPS: "patching" is asked for by
-        name; skipped ones are None) as a `StudyResult`.
+        name; skipped ones are None) as a `StudyResult`, with the "optimal" section when
+        optimal ablation ran (the study's ablation or one of `types`).
 
         screen_method, screen_steps, screen_top_k: the screening step's `method`, `steps`
-        and `top_k` (see `screen`)."""
-        bad = [s for s in steps if s not in STEPS]
-        if bad:
-            raise InputError(f"unknown steps {bad}; known: {STEPS}")
-        check_fractions(fractions)
-        check_target(target)
-        check_types(types)
-        self.interaction_top_k(top_k)
-        check_screening(screen_method, screen_steps, screen_top_k, len(self.names))
-        if "patching" in steps:
-            patching_step.check_patching(self)
-        calls = {"baseline": self.baseline, "single": self.single,
-                 "screening": lambda: self.screen(screen_method, screen_steps, screen_top_k),
-                 "cumulative": lambda: self.cumulative(fractions),
-                 "circuit": lambda: self.minimal_circuit(target),
-                 "interactions": lambda: self.interactions(top_k),
-                 "ablation_comparison": lambda: self.compare_ablations(types),
-                 "patching": self.patching}
-        out: dict[str, Any] = {}
-        seconds: dict[str, float] = {}
-        for step in ("baseline", "single") + tuple(s for s in STEPS[2:] if s in steps):
-            start = time.perf_counter()
-            out[step] = calls[step]()
-            seconds[step] = time.perf_counter() - start
-        seconds["total"] = sum(seconds.values())
-        return StudyResult(meta=self.meta(seconds), baseline=out["baseline"],
-                           single=out["single"], screening=out.get("screening"),
-                           cumulative=out.get("cumulative"),
-                           circuit=out.get("circuit"), interactions=out.get("interactions"),
-                           ablation_comparison=out.get("ablation_comparison"),
-                           patching=out.get("patching"))
+        and `top_k` (see `screen`); circuit_ablation: the circuit step's (see
+        `minimal_circuit`)."""
+        return study_run.run_steps(
+            self, fractions=fractions, target=target, top_k=top_k, types=types, steps=steps,
+            screen_method=screen_method, screen_steps=screen_steps,
+            screen_top_k=screen_top_k, circuit_ablation=circuit_ablation)
 
     def meta(self, seconds: dict[str, float] | None = None) -> dict[str, Any]:
         """What was studied, how, with which versions, when (`steps.study_meta`)."""

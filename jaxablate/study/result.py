@@ -4,7 +4,8 @@ form applies (`as_result_dict`, used by `jaxablate.report`).
 
     result = Study(model, task).run()
     result.to_dict()      # {"meta", "baseline", "single", "screening", ..., "ablation_comparison"}
-                          # and "patching" when that optional step ran
+                          # "patching" when that optional step ran, "optimal" when optimal
+                          # ablation did (`jaxablate.study.optimal`)
     print(result.table(10))
 """
 
@@ -23,8 +24,9 @@ from jaxablate.errors import InputError, InputTypeError
 @dataclasses.dataclass(frozen=True)
 class StudyResult:
     """Every step of a `Study.run()`, each a JSON-able section (None where skipped).
-    `patching`, a step off by default, is left out of `to_dict()` unless it ran, so the
-    default protocol's results keep their keys."""
+    `patching`, a step off by default, and `optimal`, the optimal-ablation fit (present when
+    optimal ablation ran: the study's ablation or a type of the comparison), are left out of
+    `to_dict()` when None, so results without them keep their keys."""
 
     meta: dict[str, Any]
     baseline: dict[str, Any]
@@ -35,11 +37,12 @@ class StudyResult:
     interactions: dict[str, Any] | None = None
     ablation_comparison: dict[str, Any] | None = None
     patching: dict[str, Any] | None = None
+    optimal: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """The whole result as plain JSON types (`json.dumps(..., allow_nan=False)` works)."""
         return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)
-                if f.name != "patching" or self.patching is not None}
+                if f.name not in ("patching", "optimal") or getattr(self, f.name) is not None}
 
     def table(self, k: int = 10) -> str:
         """The k largest effects as a ranked text table: rank, component, effect ± s.e.,

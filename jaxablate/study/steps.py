@@ -14,20 +14,25 @@ circuit     greedy restoration from everything ablated: each step evaluates ever
             the sweep's determinism bound carried through the recovered fraction); minimal =
             every member hurts. Cost: up to
             N (N + 1) / 2 masks (10,440 for GPT-2 small's heads); `max_size` caps the steps.
+            circuit_ablation="optimal": then the complement (every studied component outside
+            the circuit) is ablated jointly, one mask, with constants optimised for that set
+            as a whole (`jaxablate.study.optimal.complement_section`), and the circuit's
+            recovered fraction under it is reported beside the usual one (same endpoints).
 interactions  interaction = joint effect - effect(a) - effect(b) over the top-k components
             by |effect| (default: every head when only heads are studied and there are <= 200,
             else the 20 most important), listed in study order. Backup candidate: neither
             single ablation is measurable (both CIs contain 0) but the joint effect is (its
             CI lies above 0).
 comparison  the single study under several ablation types; resample = the mean over
-            `resample_draws` draws (keys from `jax.random.split`), per example; Spearman
+            `resample_draws` draws (keys from `jax.random.split`), per example; optimal =
+            each component at its own optimal constant (`jaxablate.study.optimal`); Spearman
             correlation of effects (average ranks for ties); components whose verdict differs
             (one threshold, the study's, for every type).
 
     cumulative(study, fractions)          the least important components ablated together
     minimal_circuit(study, target, max)   greedy restoration, faithfulness, minimality
     interactions(study, top_k)            joint - singles over the top-k pairs by |effect|
-    compare_ablations(study, types)       zero vs mean vs resample
+    compare_ablations(study, types)       zero vs mean vs resample vs optimal
     replacement_values(study, ablation)   the replacement(s) of an ablation type
     single_records(study)                 the single step's records
     threshold(study, given)               the critical effect and the rule that set it
@@ -50,7 +55,15 @@ from jaxablate.ablation.components import parse_component
 from jaxablate.ablation.replacements import mean_replacement, resample_replacement, zero_replacement
 from jaxablate.model.replacement import Replacement
 from jaxablate.model.validation import check_int
-from jaxablate.study.checks import STUDY_KINDS, check_fractions, check_target, check_types
+from jaxablate.optimal.singles import shared_from_singles
+from jaxablate.study.checks import (
+    STUDY_KINDS,
+    check_circuit_ablation,
+    check_fractions,
+    check_target,
+    check_types,
+)
+from jaxablate.study.optimal import complement_section
 from jaxablate.study.result import jsonable
 from jaxablate.study.stats import (
     CI_LEVEL,
@@ -68,14 +81,26 @@ THRESHOLD_FRACTION = 0.1
 
 
 def replacement_values(study: Study, ablation: str) -> list[Replacement]:
-    """One replacement (zero, mean) or `resample_draws` of them (resample; see
-    `jaxablate.study.protocol` for where the values come from)."""
+    """One replacement (zero, mean, optimal) or `resample_draws` of them (resample).
+
+    mean: `mean_replacement` of the reference prompts, per position when they have the
+    evaluated length. resample: each prompt's values from another prompt of the reference
+    set (never itself when the reference set is the evaluated prompts; the evaluated
+    prompts when the lengths differ). optimal: `shared_from_singles` of the study's fit
+    (`Study.optimal_fit`), each component at its own single-component optimum.
+
+    Example:
+        >>> replacement_values(study, "optimal")[0].kind
+        'optimal'
+    """
     seq = study.tokens.shape[1]
     same = study.reference.shape[1] == seq
     if ablation == "zero":
         return [zero_replacement(study.model)]
     if ablation == "mean":
         return [mean_replacement(study.model, study.reference, per_position=same)]
+    if ablation == "optimal":
+        return [shared_from_singles(study.optimal_fit()[0], study.single_masks)]
     keys = jax.random.split(jax.random.key(study.seed), study.resample_draws)
     own = study.reference is study.tokens or not same
     return [resample_replacement(study.model, study.tokens, k) if own else
@@ -129,11 +154,24 @@ def cumulative(study: Study, fractions: Sequence[float]) -> dict[str, Any]:
                      "recovered": recovered,
                      "cliff": find_cliff(fractions, n_ablated, recovered)})
 
-def minimal_circuit(study: Study, target: float | int, max_size: int | None) -> dict[str, Any]:
+def minimal_circuit(study: Study, target: float | int, max_size: int | None,
+                    circuit_ablation: str = "same") -> dict[str, Any]:
     """Greedy restoration from everything ablated until `target` is recovered (at most
-    `max_size` members): each step is one sweep over every candidate addition."""
+    `max_size` members): each step is one sweep over every candidate addition.
+
+    circuit_ablation "same": the study's ablation throughout. "optimal": the circuit is
+    found the same way, then its complement is also ablated jointly with constants
+    optimised for that set (`optimal_complement`: its recovered fraction beside the usual
+    `faithfulness`). That is a different problem from single-component optimal ablation:
+    the constants of the complement's components are fitted together and may compensate
+    for each other.
+
+    Example:
+        >>> minimal_circuit(study, 0.8, None, "optimal")["optimal_complement"]["recovered"]
+    """
     target = check_target(target)
     limit = len(study.names) if max_size is None else check_int(max_size, "max_size", 1)
+    circuit_ablation = check_circuit_ablation(circuit_ablation)
     floor = float(study.all_ablated(study.ablation).mean())
     members: list[str] = []
     steps: list[dict[str, Any]] = []
@@ -163,7 +201,10 @@ def minimal_circuit(study: Study, target: float | int, max_size: int | None) -> 
                      "share": len(members) / len(study.names), "faithfulness": recovered,
                      "reached": bool(recovered >= target), "metric_all_ablated": floor,
                      "metric_circuit": metric, "steps": steps, "minimality": minimality,
-                     "minimal": all(m["hurts"] for m in minimality)})
+                     "minimal": all(m["hurts"] for m in minimality),
+                     "circuit_ablation": circuit_ablation,
+                     "optimal_complement": complement_section(study, members, recovered)
+                     if circuit_ablation == "optimal" else None})
 
 def interactions(study: Study, top_k: int | None) -> dict[str, Any]:
     """Joint ablation of every pair of the top-k components by importance, |effect| (a
@@ -181,7 +222,8 @@ def interactions(study: Study, top_k: int | None) -> dict[str, Any]:
 
 def compare_ablations(study: Study, types: Sequence[str]) -> dict[str, Any]:
     """The single study under each ablation type: effects, Spearman correlations, verdict
-    changes; resample effects are means over draws, with their std over draws."""
+    changes; resample effects are means over draws, with their std over draws; optimal:
+    each component at its own optimal constant (the study's fit, made once)."""
     types = check_types(types)
     found = {t: study.single_effects(t) for t in types}
     verdicts = {t: found[t][0].verdicts() for t in types}
@@ -218,6 +260,8 @@ def study_meta(study: Study, seconds: dict[str, float] | None = None) -> dict[st
         "replacement": {"n_reference": len(study.reference),
                         "mean_per_position": study.reference.shape[1] == seq,
                         "resample_draws": study.resample_draws},
+        "optimal": {"objective": study.oa_objective, "steps": study.oa_steps,
+                    "learning_rate": study.oa_lr},
         "versions": {"jaxablate": VERSION, "jax": jax.__version__,
                      "numpy": np.__version__},
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
