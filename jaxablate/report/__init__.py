@@ -3,8 +3,9 @@
     files.py    write_report: the report folder (JSON, tables, summary, figures), and the
                 rule that it never overwrites what it did not write
     tables.py   the result's sections as pandas DataFrames
-    summary.py  summary.md
-    plots.py    the figures
+    summary.py  summary.md (markdown.py: its numbers and tables; optimal_summary.py: the
+                optimal-ablation section)
+    plots.py    the figures (patching_plot.py, optimal_plot.py: one figure each)
 """
 
 from jaxablate.report.files import (
@@ -20,6 +21,7 @@ from jaxablate.report.tables import (
                                     ablation_comparison_frame,
                                     cumulative_frame,
                                     interactions_frame,
+                                    optimal_frame,
                                     per_example_frame,
                                     screening_frame,
                                     single_frame,
@@ -27,5 +29,5 @@ from jaxablate.report.tables import (
 
 __all__ = ["REPORT_MARKER", "ablation_comparison_frame", "check_report_folder",
            "cumulative_frame", "fingerprint_differences", "interactions_frame",
-           "per_example_frame", "report_fingerprint", "report_names", "screening_frame",
-           "single_frame", "summary_markdown", "write_report"]
+           "optimal_frame", "per_example_frame", "report_fingerprint", "report_names",
+           "screening_frame", "single_frame", "summary_markdown", "write_report"]

@@ -13,6 +13,9 @@ summary and the figures.
         patching_positions.csv    restored fraction per patched component and position, and
         patching_paths.csv        per component: every position vs the direct path (when
                                   the optional patching step ran)
+        optimal.csv               per component: Delta_OA beside Delta_mean on the fit
+                                  prompts, the shift share, and the study's effects under
+                                  optimal and mean ablation (when optimal ablation ran)
         summary.md                what a paper's methods/results paragraph needs, with links
                                   (`jaxablate.report.summary`)
         *.png                     the figures of `jaxablate.report.plots` (unless plots=False)
@@ -29,7 +32,7 @@ sweeps/ folder, a user's notes) are never touched and never cause a refusal.
 
 `result` is `StudyResult.to_dict()` (or the StudyResult itself): "meta", "baseline" and
 "single" are required; "screening", "cumulative", "circuit", "interactions",
-"ablation_comparison" and "patching" may be missing or None (the step was skipped), and
+"ablation_comparison", "patching" and "optimal" may be missing or None (the step was skipped), and
 their files are then not written. pandas (and pyarrow for Parquet) and matplotlib are
 imported only here: `pip install jaxablate[report]`.
 
@@ -54,6 +57,7 @@ from jaxablate.report.tables import (
     ablation_comparison_frame,
     cumulative_frame,
     interactions_frame,
+    optimal_frame,
     patching_paths_frame,
     patching_positions_frame,
     per_example_frame,
@@ -66,7 +70,8 @@ from jaxablate.version import VERSION
 REPORT_MARKER = ".jaxablate-report.json"
 # The settings a report's numbers depend on, in the order a refusal lists them.
 FINGERPRINT_KEYS = ("model", "task", "template", "prompts", "n_prompts", "metric", "ablation",
-                    "components", "neuron_layers", "seed", "threshold")
+                    "components", "neuron_layers", "seed", "threshold", "oa_objective",
+                    "oa_steps", "oa_lr")
 
 
 def report_names() -> tuple[str, ...]:
@@ -83,6 +88,7 @@ def report_names() -> tuple[str, ...]:
     return ("study.json", "single.csv", "single.parquet", "per_example.parquet",
             "screening.csv", "screening.parquet", "cumulative.csv", "interactions.csv",
             "ablation_comparison.csv", "patching_positions.csv", "patching_paths.csv",
+            "optimal.csv",
             *(f"{name}.png" for name in FIGURES + OPT_IN_FIGURES), "summary.md")
 
 
@@ -93,7 +99,8 @@ def report_fingerprint(meta: Mapping[str, Any]) -> dict[str, Any]:
     meta: `StudyResult.meta`, or a dict with some of its keys (the command line builds one
     from its options before anything loads): "model", "task" ({"name", "template" (IOI),
     "source" (a prompts file)}), "n_prompts", "metric", "ablation", "components",
-    "neuron_layers", "seed", "threshold" with "threshold_rule". Keys absent from `meta` are
+    "neuron_layers", "seed", "threshold" with "threshold_rule", "optimal" ({"objective",
+    "steps", "learning_rate"}: oa_objective, oa_steps, oa_lr). Keys absent from `meta` are
     absent from the fingerprint, and `fingerprint_differences` compares only the keys both
     sides have. The threshold is its value when given (threshold_rule "given ..."), else
     "default" (the study's rule, which follows from the other settings).
@@ -120,6 +127,12 @@ def report_fingerprint(meta: Mapping[str, Any]) -> dict[str, Any]:
     if "threshold" in meta or "threshold_rule" in meta:
         given = str(meta.get("threshold_rule") or "").startswith("given")
         found["threshold"] = meta.get("threshold") if given else "default"
+    optimal = meta.get("optimal")
+    if isinstance(optimal, Mapping):
+        for key, name in (("objective", "oa_objective"), ("steps", "oa_steps"),
+                          ("learning_rate", "oa_lr")):
+            if key in optimal:
+                found[name] = optimal[key]
     return jsonable({key: found[key] for key in FINGERPRINT_KEYS if key in found})
 
 
@@ -274,7 +287,8 @@ def write_report(result: Any, folder: str | os.PathLike, *, plots: bool = True,
             ("interactions", "interactions", interactions_frame),
             ("ablation_comparison", "ablation_comparison", ablation_comparison_frame),
             ("patching_positions", "patching", patching_positions_frame),
-            ("patching_paths", "patching", patching_paths_frame)):
+            ("patching_paths", "patching", patching_paths_frame),
+            ("optimal", "optimal", optimal_frame)):
         if result.get(section):
             make(result).to_csv(folder / f"{name}.csv", index=False)
             files.append(f"{name}.csv")

@@ -8,9 +8,9 @@
   plot_cumulative(result, path)       metric vs fraction ablated, +- s.e.m. band, cliff marked,
                                       recovered on the right axis
   plot_interactions(result, path)     pair interaction matrix, diverging colours centred at 0
-  plot_ablation_types(result, path)   zero vs mean vs resample effects (resample +- std)
-  plot_patching(result, path)         component x position heatmap of the restored fraction
-                                      (in `patching_plot`, on new_figure, save_figure, ...)
+  plot_ablation_types(result, path)   zero / mean / resample / optimal effects (resample +- std)
+  plot_patching, plot_optimal         restored fraction by position; optimal ablation's damage
+                                      per Adam step (`patching_plot`, `optimal_plot`)
   plot_all(result, folder)            every figure whose section is present
 
 Each function returns the path it wrote, or None when its section is absent (or holds no
@@ -35,7 +35,7 @@ import numpy as np
 
 FIGURES = ("single_heads", "single_layers", "screening", "cumulative", "interactions",
            "ablation_types")
-OPT_IN_FIGURES = ("patching",)  # of steps off by default (Study's DEFAULT_STEPS)
+OPT_IN_FIGURES = ("patching", "optimal")  # of sections only some runs have
 _DPI = 120
 
 
@@ -55,11 +55,6 @@ def save_figure(fig: Any, path: str | os.PathLike) -> Path:
     fig.savefig(path, dpi=_DPI, format="png")
     fig.clear()
     return path
-
-
-def _section(result: Mapping[str, Any], name: str) -> Any:
-    value = result.get(name)
-    return value if value else None
 
 
 def _float(value: Any) -> float:
@@ -182,7 +177,7 @@ def plot_screening(result: Mapping[str, Any], path: str | os.PathLike,
     for every component whose exact effect is known; verified top-k filled, the rest
     hollow, failures in red, the `labels` largest by |exact| named; y = x dashed.
     None without a screening section."""
-    section = _section(result, "screening")
+    section = result.get("screening") or None
     if section is None or not section.get("components"):
         return None
     names = [str(n) for n in section["components"]]
@@ -226,7 +221,7 @@ def plot_cumulative(result: Mapping[str, Any], path: str | os.PathLike) -> Path 
     """The metric as more components are ablated together (in `cumulative.order`), from the
     clean model, with a +- s.e.m. band, the clean baseline, the cliff, and "recovered" (1 =
     clean, 0 = all ablated) on the right axis. None without a cumulative section."""
-    cumulative = _section(result, "cumulative")
+    cumulative = result.get("cumulative") or None
     if cumulative is None or not cumulative.get("fractions"):
         return None
     x = np.array([_float(v) for v in cumulative["fractions"]])
@@ -283,7 +278,7 @@ def _recovered_axis(ax: Any, metric: np.ndarray, recovered: np.ndarray) -> None:
 def plot_interactions(result: Mapping[str, Any], path: str | os.PathLike) -> Path | None:
     """Heatmap of pair interactions (joint effect minus the sum of the singles), diverging
     colours centred at 0; backup candidates outlined. None without an interactions section."""
-    section = _section(result, "interactions")
+    section = result.get("interactions") or None
     if section is None or not section.get("components"):
         return None
     names = [str(n) for n in section["components"]]
@@ -325,7 +320,7 @@ def plot_ablation_types(result: Mapping[str, Any], path: str | os.PathLike,
     """Left: each other ablation type's effects against the study's own (resample with +- std
     over draws), with the diagonal. Right: grouped bars of the `top` components by rank.
     None without an ablation_comparison section."""
-    section = _section(result, "ablation_comparison")
+    section = result.get("ablation_comparison") or None
     if section is None or not section.get("components") or not section.get("effects"):
         return None
     names = [str(n) for n in section["components"]]
@@ -334,7 +329,8 @@ def plot_ablation_types(result: Mapping[str, Any], path: str | os.PathLike,
     std = np.array([_float(v) for v in section.get("resample_std") or [None] * len(names)])
     base = _meta(result).get("ablation")
     base = base if base in effects else next(iter(effects))
-    colours = {"zero": "tab:orange", "mean": "tab:blue", "resample": "tab:green"}
+    colours = {"zero": "tab:orange", "mean": "tab:blue", "resample": "tab:green",
+               "optimal": "tab:purple"}
     fig = new_figure(11.0, 4.2)
     left, right = fig.add_subplot(1, 2, 1), fig.add_subplot(1, 2, 2)
     x = effects[base]
@@ -383,15 +379,16 @@ def _ranked_positions(result: Mapping[str, Any], names: Sequence[str]) -> list[i
 def plot_all(result: Mapping[str, Any], folder: str | os.PathLike) -> dict[str, Path]:
     """Write every figure whose section is present into `folder` as NAME.png.
 
-    Returns {name: path} for the figures written, names from `FIGURES` + `OPT_IN_FIGURES`.
-    """
-    from jaxablate.report.patching_plot import plot_patching  # it imports this module
+    Returns {name: path} for the figures written, names from `FIGURES` + `OPT_IN_FIGURES`."""
+    from jaxablate.report.optimal_plot import plot_optimal  # they import this module
+    from jaxablate.report.patching_plot import plot_patching
 
     folder = Path(folder)
     makers = {"single_heads": plot_single_heads, "single_layers": plot_single_layers,
               "screening": plot_screening,
               "cumulative": plot_cumulative, "interactions": plot_interactions,
-              "ablation_types": plot_ablation_types, "patching": plot_patching}
+              "ablation_types": plot_ablation_types, "patching": plot_patching,
+              "optimal": plot_optimal}
     written = {}
     for name in FIGURES + OPT_IN_FIGURES:
         path = makers[name](result, folder / f"{name}.png")

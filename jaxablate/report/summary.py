@@ -1,8 +1,9 @@
 """The Markdown summary of a study result dict: what a paper's methods/results paragraph
 needs (model, task, ablation, metric, baseline, statistics, versions), then one section per
 step of the study (single ablations, gradient screening, cumulative ablation, minimal circuit,
-pair interactions, ablation types, and activation and path patching when that optional step
-ran), with links to the report's figures and data files.
+pair interactions, ablation types, activation and path patching when that optional step ran,
+and optimal ablation when it ran: `optimal_summary`), with links to the report's figures and
+data files.
 
     summary_markdown(result, figures, files, top) -> str      # summary.md of `write_report`
     cumulative_order(result) -> str                           # how the cumulative order is sorted
@@ -16,45 +17,24 @@ Example:
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
 
+from jaxablate.report.markdown import fraction, markdown_table, number
+from jaxablate.report.optimal_summary import optimal_markdown
 from jaxablate.study.result import as_result_dict
 
 _FLAGS = (("critical", "critical"), ("negative", "negative"), ("no_effect", "no effect"))
-
-
-def _num(value: Any, digits: int = 4) -> str:
-    if value is None or (isinstance(value, float) and not math.isfinite(value)):
-        return "–"
-    if isinstance(value, (bool, np.bool_)):
-        return "yes" if value else "no"
-    if isinstance(value, (int, np.integer)):
-        return str(int(value))
-    return f"{float(value):.{digits}g}"
 
 
 def _flags(row: Mapping[str, Any]) -> str:
     return ", ".join(label for key, label in _FLAGS if row.get(key)) or ""
 
 
-def _table(header: Sequence[str], rows: Sequence[Sequence[Any]], align: str = "") -> list[str]:
-    """A Markdown table; `align` has one letter per column, "l" or "r" (default: the first
-    column left, the others right)."""
-    def cell(value: Any) -> str:
-        return (value if isinstance(value, str) else _num(value)).replace("|", "\\|")
-
-    align = align or "l" + "r" * (len(header) - 1)
-    lines = ["| " + " | ".join(header) + " |",
-             "|" + "|".join("---:" if a == "r" else "---" for a in align) + "|"]
-    return lines + ["| " + " | ".join(cell(v) for v in row) + " |" for row in rows]
-
-
 def _describe_task(task: Mapping[str, Any], meta: Mapping[str, Any]) -> str:
-    size = f"{_num(meta.get('n_prompts'))} prompts × {_num(meta.get('seq_len'))} tokens"
+    size = f"{number(meta.get('n_prompts'))} prompts × {number(meta.get('seq_len'))} tokens"
     details = ", ".join(f"{k} {v}" for k, v in task.items()
                         if k not in ("name", "task", "n_prompts") and isinstance(
                             v, (str, int, float)) and len(str(v)) < 60)
@@ -67,6 +47,10 @@ def _ablation_text(meta: Mapping[str, Any]) -> str:
     if ablation == "mean" and replacement.get("n_reference"):
         how = "per-position" if replacement.get("mean_per_position") else "batch-and-position"
         return f"mean ({how} means over {replacement['n_reference']} reference prompts)"
+    optimal = meta.get("optimal") or {}
+    if ablation == "optimal" and optimal:
+        return (f"optimal (each component at its own constant of least {optimal.get('objective')}"
+                f", {optimal.get('steps')} Adam steps, lr {optimal.get('learning_rate')})")
     if ablation == "resample" and replacement.get("resample_draws"):
         return (f"resample (activations of other prompts; mean over "
                 f"{replacement['resample_draws']} draws)")
@@ -96,21 +80,21 @@ def _header(result: Mapping[str, Any]) -> list[str]:
         ("ablation", _ablation_text(meta)),
         ("metric", f"{meta.get('metric', '?')}" + (f" ({direction})" if direction else "")),
         ("components", f"{components}: {len(result['single'])} ablated one at a time"),
-        ("clean baseline", f"{_num(baseline.get('mean'))} ± {_num(baseline.get('sem'))} "
-                           f"(mean ± s.e.m. over {_num(meta.get('n_prompts'))} prompts)"),
-        ("threshold", f"{_num(meta.get('threshold'))}"
+        ("clean baseline", f"{number(baseline.get('mean'))} ± {number(baseline.get('sem'))} "
+                           f"(mean ± s.e.m. over {number(meta.get('n_prompts'))} prompts)"),
+        ("threshold", f"{number(meta.get('threshold'))}"
                       + (f" — {meta['threshold_rule']}" if meta.get("threshold_rule") else "")),
         ("statistics", f"effect ± s.e.m. over prompts; {ci} bootstrap CI over prompts"
                        + (f" ({meta['n_bootstrap']} resamples)" if meta.get("n_bootstrap")
                           else "")),
-        ("seed", _num(meta.get("seed"))),
+        ("seed", number(meta.get("seed"))),
         ("versions", versions or "–"),
         ("date", str(meta.get("date", "–"))),
         ("run time", timing or "–"),
     ]
     task = (meta.get("task") or {}).get("name", "task")
     return ([f"# Ablation study: {task} on {meta.get('model', '?')}", ""]
-            + _table(["", ""], rows, "ll"))
+            + markdown_table(["", ""], rows, "ll"))
 
 
 def _ci_level(meta: Mapping[str, Any]) -> str:
@@ -129,9 +113,10 @@ def _single(result: Mapping[str, Any], top: int, figures: Mapping[str, str]) -> 
              "positive means the component helps the task; critical: effect above the "
              f"threshold and its {ci} CI above 0; negative: CI below 0; no effect: CI "
              "contains 0.", ""]
-    lines += _table(["rank", "component", "effect ± s.e.m.", f"{ci} CI", "flags"], [
-        (r.get("rank"), f"`{r['component']}`", f"{_num(r.get('effect'))} ± {_num(r.get('sem'))}",
-         f"[{_num(r.get('ci_low'))}, {_num(r.get('ci_high'))}]", _flags(r))
+    lines += markdown_table(["rank", "component", "effect ± s.e.m.", f"{ci} CI", "flags"], [
+        (r.get("rank"), f"`{r['component']}`",
+         f"{number(r.get('effect'))} ± {number(r.get('sem'))}",
+         f"[{number(r.get('ci_low'))}, {number(r.get('ci_high'))}]", _flags(r))
         for r in rows[:top]], "rlrrl")
     if len(rows) > top:
         lines += ["", f"Top {top} of {len(rows)}; every component is in `single.csv`."]
@@ -163,20 +148,21 @@ def _cumulative(result: Mapping[str, Any], figures: Mapping[str, str]) -> list[s
     if metric:
         lines.append(
             f"- Components ablated together{f' ({order})' if order else ''}: from the clean "
-            f"{_num(result['baseline'].get('mean'))} the metric goes to {_num(metric[0])} with "
-            f"{_num(n[0] if n else None)} ablated and {_num(metric[-1])} with "
-            f"{_num(n[-1] if n else None)} ablated"
-            + (f" (recovered {_num(recovered[0], 3)} → {_num(recovered[-1], 3)}; 1 = clean, "
+            f"{number(result['baseline'].get('mean'))} the metric goes to {number(metric[0])} with "
+            f"{number(n[0] if n else None)} ablated and {number(metric[-1])} with "
+            f"{number(n[-1] if n else None)} ablated"
+            + (f" (recovered {number(recovered[0], 3)} → {number(recovered[-1], 3)}; 1 = clean, "
                "0 = all ablated)." if recovered else "."))
     cliff = section.get("cliff") or {}
     if cliff.get("n_ablated") is not None or cliff.get("fraction") is not None:
-        lines.append(f"- **Cliff** at {_num(cliff.get('n_ablated'))} components ablated (fraction "
-                     f"{_num(cliff.get('fraction'), 3)}): drop {_num(cliff.get('drop'))}.")
+        lines.append(f"- **Cliff** at {number(cliff.get('n_ablated'))} components ablated "
+                     f"(fraction {number(cliff.get('fraction'), 3)}): drop "
+                     f"{number(cliff.get('drop'))}.")
     else:
         lines.append("- No cliff.")
     if cliff.get("below_half") is not None:
         lines.append(f"- Recovered first falls below 0.5 at fraction "
-                     f"{_num(cliff['below_half'], 3)}.")
+                     f"{number(cliff['below_half'], 3)}.")
     if cliff.get("rule"):
         lines.append(f"- Rule: {cliff['rule']}.")
     if "cumulative" in figures:
@@ -191,24 +177,31 @@ def _circuit(result: Mapping[str, Any]) -> list[str]:
         return lines + ["Not run."]
     members = ", ".join(f"`{m}`" for m in section.get("members") or []) or "(none)"
     lines += [
-        f"- Circuit: {members} — **size {_num(section.get('size'))}**, share "
-        f"{_num(section.get('share'), 3)} of the components, **faithfulness "
-        f"{_num(section.get('faithfulness'))}** (target {_num(section.get('target'))}).",
-        f"- Metric with everything else ablated: {_num(section.get('metric_circuit'))}; with "
-        f"everything ablated: {_num(section.get('metric_all_ablated'))}; clean: "
-        f"{_num(result['baseline'].get('mean'))}.",
-        f"- Minimal (removing any member lowers recovery): **{_num(section.get('minimal'))}**.",
+        f"- Circuit: {members} — **size {number(section.get('size'))}**, share "
+        f"{number(section.get('share'), 3)} of the components, **faithfulness "
+        f"{number(section.get('faithfulness'))}** (target {number(section.get('target'))}).",
+        f"- Metric with everything else ablated: {number(section.get('metric_circuit'))}; with "
+        f"everything ablated: {number(section.get('metric_all_ablated'))}; clean: "
+        f"{number(result['baseline'].get('mean'))}.",
+        f"- Minimal (removing any member lowers recovery): **{number(section.get('minimal'))}**.",
     ]
+    joint = section.get("optimal_complement") or {}
+    if joint.get("recovered") is not None:
+        lines.append(f"- With its complement ablated jointly at constants optimised for it "
+                     f"({joint.get('objective')}, {number(joint.get('steps'))} Adam steps): "
+                     f"recovered **{number(joint['recovered'])}** (metric "
+                     f"{number(joint.get('metric'))}), beside "
+                     f"{number(section.get('faithfulness'))}.")
     if section.get("reached") is False:
         lines.append("- **The target was not reached**: the greedy search ran out of "
                      "components (or the metric gave no recovery).")
     if section.get("steps"):
         lines += ["", "Greedy construction (recovered: 1 = clean, 0 = all ablated):", ""]
-        lines += _table(["step", "added", "recovered"],
-                        [(i, f"`{s.get('added')}`", s.get("recovered"))
-                         for i, s in enumerate(section["steps"], 1)], "rlr")
+        lines += markdown_table(["step", "added", "recovered"],
+                                [(i, f"`{s.get('added')}`", s.get("recovered"))
+                                 for i, s in enumerate(section["steps"], 1)], "rlr")
     if section.get("minimality"):
-        lines += ["", "Minimality check:", ""] + _table(
+        lines += ["", "Minimality check:", ""] + markdown_table(
             ["member", "recovered without it", "removing it hurts"],
             [(f"`{m.get('component')}`", m.get("recovered_without"), m.get("hurts"))
              for m in section["minimality"]], "lrl")
@@ -236,9 +229,9 @@ def _interactions(result: Mapping[str, Any], figures: Mapping[str, str]) -> list
         if shown:
             rows = [[f"`{p.get('a')}`", f"`{p.get('b')}`", p.get("single_a"), p.get("single_b"),
                      p.get("joint")]
-                    + ([f"[{_num(p.get('joint_ci_low'))}, {_num(p.get('joint_ci_high'))}]"]
+                    + ([f"[{number(p.get('joint_ci_low'))}, {number(p.get('joint_ci_high'))}]"]
                        if has_ci else []) + [p.get("interaction")] for p in shown]
-            lines += [""] + ([title, ""] if title else []) + _table(
+            lines += [""] + ([title, ""] if title else []) + markdown_table(
                 header + ["interaction"], rows, "ll" + "r" * (len(header) - 1))
     if "interactions" in figures:
         lines += ["", f"![Pair interactions]({figures['interactions']})"]
@@ -253,17 +246,17 @@ def _ablation_types(result: Mapping[str, Any], figures: Mapping[str, str]) -> li
     spearman = section.get("spearman") or {}
     lines.append(f"Effects of {len(section.get('components') or [])} components under "
                  f"{', '.join(section.get('types') or [])} ablation; rank agreement:")
-    lines += [""] + _table(["types", "Spearman ρ"],
-                           [(k.replace("~", " vs "), v) for k, v in spearman.items()], "lr")
+    lines += [""] + markdown_table(
+        ["types", "Spearman ρ"], [(k.replace("~", " vs "), v) for k, v in spearman.items()], "lr")
     changed = section.get("changed") or []
     types = list(section.get("types") or [])
     if changed:
         lines += ["", f"The verdict changes with the ablation type for {len(changed)} "
                       "component(s):", ""]
-        lines += _table(["component"] + types, [
+        lines += markdown_table(["component"] + types, [
             [f"`{c.get('component')}`"] + [str((c.get("verdicts") or {}).get(t, "–"))
                                            for t in types] for c in changed],
-                          "l" * (len(types) + 1))
+                                "l" * (len(types) + 1))
     else:
         lines += ["", "Every component gets the same verdict under every ablation type."]
     if "ablation_types" in figures:
@@ -282,7 +275,7 @@ def _screening(result: Mapping[str, Any], figures: Mapping[str, str]) -> list[st
     n = len(section.get("components") or [])
     seconds = section.get("seconds") or {}
     lines.append(f"Every one of the {n} components scored by {method} of the metric with "
-                 f"respect to its keep-weight in {_num(seconds.get('screening'), 3)} s; the "
+                 f"respect to its keep-weight in {number(seconds.get('screening'), 3)} s; the "
                  f"top {section.get('top_k')} by |estimate| verified by exact ablation "
                  f"({section.get('verified_from', 'sweep')}).")
     rows = [("Spearman ρ, verified top-k", section.get("spearman_top_k"))]
@@ -296,18 +289,18 @@ def _screening(result: Mapping[str, Any], figures: Mapping[str, str]) -> list[st
     complete = section.get("completeness")
     if complete:
         rows.append(("IG completeness: Σ estimates vs joint effect",
-                     f"{_num(complete.get('sum_of_estimates'))} vs "
-                     f"{_num(complete.get('effect_all_ablated'))}"))
-    lines += [""] + _table(["agreement", "value"], rows, "lr")
+                     f"{number(complete.get('sum_of_estimates'))} vs "
+                     f"{number(complete.get('effect_all_ablated'))}"))
+    lines += [""] + markdown_table(["agreement", "value"], rows, "lr")
     records = section.get("records") or []
     if records:
         lines += ["", "Verified components (screen order):", ""]
-        lines += _table(["screen rank", "component", "estimated effect", "exact effect ± s.e.m.",
-                         "difference", "fails"],
-                        [(r.get("screen_rank"), f"`{r.get('component')}`",
-                          r.get("estimated_effect"),
-                          f"{_num(r.get('exact_effect'))} ± {_num(r.get('exact_effect_sem'))}",
-                          r.get("difference"), r.get("fails")) for r in records], "rlrrrl")
+        lines += markdown_table(
+            ["screen rank", "component", "estimated effect", "exact effect ± s.e.m.",
+             "difference", "fails"],
+            [(r.get("screen_rank"), f"`{r.get('component')}`", r.get("estimated_effect"),
+              f"{number(r.get('exact_effect'))} ± {number(r.get('exact_effect_sem'))}",
+              r.get("difference"), r.get("fails")) for r in records], "rlrrrl")
     failures = section.get("failures") or []
     lines += ["", (f"The estimate fails for {', '.join(f'`{c}`' for c in failures)}."
                    if failures else "The estimate holds for every verified component.")
@@ -345,7 +338,7 @@ def _patching(result: Mapping[str, Any], figures: Mapping[str, str]) -> list[str
         return lines
     lines += ["", "Each component patched at every position, and along the direct path to the "
                   "final residual stream only (path patching: other heads frozen at the "
-                  "counterfactual run, MLPs recomputed; CIs in the CSV):", ""] + _table(
+                  "counterfactual run, MLPs recomputed; CIs in the CSV):", ""] + markdown_table(
         ["component", "every position ± s.e.", "direct path ± s.e."],
         [(f"`{n}`", _pm(every, i), _pm(direct, i)) for i, n in enumerate(names)], "lrr")
     grid = np.array((section.get("by_position") or {}).get("restored") or [], dtype=float)
@@ -355,9 +348,9 @@ def _patching(result: Mapping[str, Any], figures: Mapping[str, str]) -> list[str
         peak = np.nan_to_num(np.abs(grid[shown])).max(0)  # the positions that matter most
         positions = np.sort(np.argsort(-peak, kind="stable")[:PATCHING_ROWS])
         lines += ["", "Restored fraction by position (rows: positions; columns: components, "
-                      "each patched at that position alone):", ""] + _table(
+                      "each patched at that position alone):", ""] + markdown_table(
             ["position"] + [f"`{names[i]}`" for i in shown],
-            [[int(p)] + [_fraction(grid[i, p]) for i in shown] for p in positions],
+            [[int(p)] + [fraction(grid[i, p]) for i in shown] for p in positions],
             "r" * (len(shown) + 1))
         if len(shown) < len(names) or len(positions) < grid.shape[1]:
             lines += ["", f"Shown: {len(shown)} of {len(names)} components and "
@@ -371,15 +364,9 @@ def _patching(result: Mapping[str, Any], figures: Mapping[str, str]) -> list[str
 def _pm(values: Mapping[str, Any], i: int | None = None) -> str:
     """"mean ± sem" of a summary, or "restored ± sem" (3 decimals) of entry i of columns."""
     if i is None:
-        return f"{_num(values.get('mean'))} ± {_num(values.get('sem'))}"
+        return f"{number(values.get('mean'))} ± {number(values.get('sem'))}"
     value, sem = ((values.get(k) or [None] * (i + 1))[i] for k in ("restored", "sem"))
-    return f"{_fraction(value)} ± {_fraction(sem)}"
-
-
-def _fraction(value: Any) -> str:
-    """A fraction to 3 decimals (float32 noise such as -9e-09 reads 0.000)."""
-    text = "–" if value is None or not math.isfinite(value) else f"{float(value):.3f}"
-    return "0.000" if text == "-0.000" else text
+    return f"{fraction(value)} ± {fraction(sem)}"
 
 
 def summary_markdown(result: Any, figures: Mapping[str, str] | None = None,
@@ -391,7 +378,7 @@ def summary_markdown(result: Any, figures: Mapping[str, str] | None = None,
     lines = _header(result) + _single(result, top, figures) + _screening(result, figures)
     lines += _cumulative(result, figures)
     lines += _circuit(result) + _interactions(result, figures) + _ablation_types(result, figures)
-    lines += _patching(result, figures)
+    lines += _patching(result, figures) + optimal_markdown(result, figures)
     if files:
         lines += ["", "## Files", ""] + [f"- [{name}]({name})" for name in files]
         lines += ["", "Head names such as `1.10` look like numbers to CSV readers: read the "

@@ -8,6 +8,7 @@
     ablation_comparison_frame(result)  effects and verdicts per ablation type
     patching_positions_frame(result)   long format: component, position, restored fraction
     patching_paths_frame(result)       one row per component: every position vs direct path
+    optimal_frame(result)              one row per component: Delta_OA beside Delta_mean
 
 `result` is `StudyResult.to_dict()`. pandas is imported only when a frame is built.
 """
@@ -185,3 +186,38 @@ def patching_paths_frame(result: Mapping[str, Any]) -> Any:
     for name in frame.columns[1:]:
         frame[name] = frame[name].astype("float64")
     return frame
+
+
+OPTIMAL_COLUMNS = ("component", "delta_mean", "delta_optimal", "shift_share", "best_step",
+                   "effect_mean", "effect_optimal", "effect_shift_share")
+
+
+def optimal_frame(result: Mapping[str, Any]) -> Any:
+    """pandas DataFrame, one row per component, by delta_mean (largest first): on the fit
+    prompts (the reference set; the objective's units, e.g. KL in nats) delta_mean (the
+    mean-ablation damage, the fit's start), delta_optimal (Delta_OA) and shift_share =
+    (delta_mean - delta_optimal) / delta_mean, best_step (the Adam step kept); on the
+    evaluated prompts (the study's metric) effect_mean, effect_optimal and
+    effect_shift_share likewise (NaN where that single step was not computed).
+
+    Example:
+        >>> optimal_frame(Study(model, task, ablation="optimal").run().to_dict()).columns[:3]
+        Index(['component', 'delta_mean', 'delta_optimal'], dtype='object')
+    """
+    import pandas as pd
+
+    section = result["optimal"]
+    names = [str(n) for n in section.get("components") or []]
+    columns: dict[str, Sequence[Any]] = {"component": names}
+    for key in OPTIMAL_COLUMNS[1:]:
+        values = section.get(key)
+        columns[key] = [None] * len(names) if values is None else values
+    check_lengths("optimal", columns)
+    frame = pd.DataFrame(jsonable(columns), columns=list(OPTIMAL_COLUMNS))
+    frame["component"] = frame["component"].astype("str")
+    frame["best_step"] = frame["best_step"].astype("Int64")
+    for key in OPTIMAL_COLUMNS[1:]:
+        if key != "best_step":
+            frame[key] = frame[key].astype("float64")
+    frame = frame.sort_values("delta_mean", ascending=False, kind="stable", na_position="last")
+    return frame.reset_index(drop=True)
