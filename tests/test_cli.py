@@ -69,7 +69,10 @@ class FakeStudy:
                                   else list(k["neuron_layers"])),
                 "threshold": 0.3125 if threshold is None else threshold,
                 "threshold_rule": ("0.1 x |baseline mean|" if threshold is None
-                                   else "given (threshold=)")}
+                                   else "given (threshold=)"),
+                "optimal": {"objective": k.get("oa_objective", "kl_to_clean"),
+                            "steps": k.get("oa_steps", 100),
+                            "learning_rate": k.get("oa_lr", 0.01)}}
 
     def run(self, **kwargs):
         FakeStudy.calls[-1][2]["run"] = kwargs
@@ -194,7 +197,8 @@ def test_study_options_reach_the_study_and_the_report(tmp_path, tiny_dir, fake_s
     assert kwargs["run"] == {"target": 0.9, "top_k": 3,
                              "steps": ("baseline", "single", "screening", "cumulative",
                                        "circuit"),
-                             "screen_method": "grad", "screen_steps": 4, "screen_top_k": 6}
+                             "screen_method": "grad", "screen_steps": 4, "screen_top_k": 6,
+                             "circuit_ablation": "same"}
     captured = capsys.readouterr()
     assert "RANKED TABLE top 5" in captured.out and "model: " in captured.out
     assert "summary.md" in captured.out
@@ -486,7 +490,9 @@ def test_write_report_killed_part_way_can_be_written_again(tmp_path, monkeypatch
     ["--prompts", "{prompts}", "--tokenizer", "{tokenizer}", "--threshold", "0.25"],
     ["--ablation", "zero", "--seed", "2", "--components", "heads,neurons", "--neuron-layers",
      "1", "--n-prompts", "4"],
-], ids=["induction", "ioi", "prompts-threshold", "neurons"])
+    ["--ablation", "optimal", "--oa-steps", "3", "--oa-lr", "0.5", "--oa-objective", "loss",
+     "--n-prompts", "4"],
+], ids=["induction", "ioi", "prompts-threshold", "neurons", "optimal"])
 def test_the_options_fingerprint_is_the_real_studys(options, tmp_path, gpt2_vocab_dir,
                                                     tokenizer_dir, monkeypatch):
     """The --out check compares the options' settings with a report's before anything loads:

@@ -29,8 +29,8 @@ run), which is replaced. It is refused, before the model loads, when it holds a 
 report's name (study.json, summary.md, single.csv, the PNGs, ...: `jaxablate.report
 .report_names()`) that jaxablate did not write or that changed since (its record is
 DIR/.jaxablate-report.json), or the report of a run with other settings (model, task,
-template, prompts, n_prompts, ablation, components, neuron layers, seed, threshold), naming
-what differs. --overwrite replaces that earlier report's own files (and empties DIR/sweeps),
+template, prompts, n_prompts, ablation, components, neuron layers, seed, threshold, the
+optimal-ablation fit's objective, steps and learning rate), naming what differs. --overwrite replaces that earlier report's own files (and empties DIR/sweeps),
 never files jaxablate did not write. Files of other names in DIR are left alone.
 
 The parser and the option checks are `jaxablate.cli.options`, the run itself (loading, the

@@ -32,6 +32,8 @@ from jaxablate.cli.options import (
     PROG,
     UsageError,
     check_options,
+    oa_settings,
+    uses_optimal,
 )
 
 
@@ -238,8 +240,11 @@ def run_study(args: argparse.Namespace) -> int:
     say(f"model: {args.model} ({cfg.n_layers} layers x {cfg.n_heads} heads, d_model "
         f"{cfg.d_model}, vocabulary {cfg.d_vocab})")
     say(f"task: {task}")
+    oa = oa_settings(args)
     say(f"ablation: {args.ablation}; components: {', '.join(args.components)}; "
-        f"seed {args.seed}")
+        f"seed {args.seed}" + (f"; optimal constants: {oa['oa_objective']}, "
+                               f"{oa['oa_steps']} Adam steps, lr {oa['oa_lr']:g}"
+                               if uses_optimal(args) else ""))
     if args.chunk_size is not None:
         n_read = task.metric.prepare(task.tokens, cfg)[0].shape[1]
         check_chunk_size(model, *task.tokens.shape, n_read, args.chunk_size,
@@ -253,12 +258,13 @@ def run_study(args: argparse.Namespace) -> int:
                       neuron_layers=args.neuron_layers, threshold=args.threshold,
                       seed=args.seed, progress=progress, model_name=args.model,
                       store=Path(args.out) / "sweeps", overwrite=args.overwrite,
-                      chunk_size=args.chunk_size, devices=args.devices)
+                      chunk_size=args.chunk_size, devices=args.devices, **oa)
         steps = ("baseline", "single") + tuple(s for s in OPTIONAL_STEPS if s not in args.skip)
         steps += ("patching",) if args.patching else ()
         result = study.run(target=args.target, top_k=args.interaction_top_k, steps=steps,
                            screen_method=args.screen, screen_steps=args.ig_steps,
-                           screen_top_k=args.screen_top_k)
+                           screen_top_k=args.screen_top_k,
+                           circuit_ablation=args.circuit_ablation)
     data = result.to_dict()
     if jax.process_index() > 0:  # every host has the whole result; one writes the report
         say(f"process {jax.process_index()} of {jax.process_count()}: done; process 0 "
