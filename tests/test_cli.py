@@ -198,6 +198,7 @@ def test_study_options_reach_the_study_and_the_report(tmp_path, tiny_dir, fake_s
                              "steps": ("baseline", "single", "screening", "cumulative",
                                        "circuit"),
                              "screen_method": "grad", "screen_steps": 4, "screen_top_k": 6,
+                             "types": ("zero", "mean", "resample", "optimal"),
                              "circuit_ablation": "same"}
     captured = capsys.readouterr()
     assert "RANKED TABLE top 5" in captured.out and "model: " in captured.out

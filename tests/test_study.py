@@ -99,8 +99,7 @@ def induction_study(tiny_model, induction_task):
 
 @pytest.fixture(scope="module")
 def result(induction_study):
-    # zero, mean, resample; optimal (a default type too): tests/test_study_optimal.py
-    return induction_study.run(types=("zero", "mean", "resample"))
+    return induction_study.run()
 
 
 @pytest.fixture(scope="module")

@@ -86,9 +86,10 @@ def study(model, task, fits):
 
 @pytest.fixture(scope="module")
 def result(study):
-    """Every default step under optimal ablation (the comparison's default types too), and
-    the circuit's complement ablated at jointly optimised constants."""
-    return study.run(fractions=(0.5, 1.0), screen_steps=2, circuit_ablation="optimal")
+    """Every default step under optimal ablation, the comparison of every type (as the
+    command line runs it), and the circuit's complement at jointly optimised constants."""
+    return study.run(fractions=(0.5, 1.0), screen_steps=2, types=ABLATIONS,
+                     circuit_ablation="optimal")
 
 
 @pytest.fixture(scope="module")
@@ -365,6 +366,7 @@ def test_cli_flags_reach_the_study(tmp_path, fake_study, capsys):  # noqa: F811
     assert {k: kwargs[k] for k in ("ablation", "oa_steps", "oa_lr", "oa_objective")} == {
         "ablation": "optimal", "oa_steps": 7, "oa_lr": 0.02, "oa_objective": "loss"}
     assert kwargs["run"]["circuit_ablation"] == "optimal"
+    assert kwargs["run"]["types"] == ABLATIONS  # the command line compares optimal too
     assert "optimal constants: loss, 7 Adam steps, lr 0.02" in capsys.readouterr().out
     # the same folder with other optimal settings: refused before anything loads
     argv[argv.index("7")] = "8"

@@ -227,6 +227,7 @@ def run_study(args: argparse.Namespace) -> int:
     from jaxablate.model.loading import load_gpt2
     from jaxablate.report.files import write_report
     from jaxablate.store.results import StoreWarning
+    from jaxablate.study.checks import ABLATIONS
     from jaxablate.study.protocol import Study
     from jaxablate.study.result import jsonable
 
@@ -263,7 +264,7 @@ def run_study(args: argparse.Namespace) -> int:
         steps += ("patching",) if args.patching else ()
         result = study.run(target=args.target, top_k=args.interaction_top_k, steps=steps,
                            screen_method=args.screen, screen_steps=args.ig_steps,
-                           screen_top_k=args.screen_top_k,
+                           screen_top_k=args.screen_top_k, types=ABLATIONS,
                            circuit_ablation=args.circuit_ablation)
     data = result.to_dict()
     if jax.process_index() > 0:  # every host has the whole result; one writes the report

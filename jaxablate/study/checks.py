@@ -1,6 +1,6 @@
 """The host-side checks of a `Study`'s arguments (run before anything compiles), and the
 names they accept: STEPS (a study's steps; DEFAULT_STEPS run by default), ABLATIONS (ablation
-types), STUDY_KINDS (study component kind -> the kind a
+types; DEFAULT_TYPES compared by default), STUDY_KINDS (study component kind -> the kind a
 report row names), OA_OBJECTIVES (what optimal ablation minimises in a study) and
 CIRCUIT_ABLATIONS (how the minimal circuit's complement is ablated).
 
@@ -37,6 +37,11 @@ STEPS = ("baseline", "single", "screening", "cumulative", "circuit", "interactio
 DEFAULT_STEPS = STEPS[:-1]  # patching needs a counterfactual source set
 DEFAULT_FRACTIONS = tuple(round(0.1 * i, 1) for i in range(1, 11))
 ABLATIONS = ("zero", "mean", "resample", "optimal")
+# The comparison's default types. Optimal ablation is asked for (the command line does): its
+# fit costs about oa_steps x 3 forward passes of the reference prompts per component, with the
+# objective at every position over the whole vocabulary, more than the other steps together
+# on a model with a big vocabulary.
+DEFAULT_TYPES = ("zero", "mean", "resample")
 OA_OBJECTIVES = ("kl_to_clean", "loss")  # prompt-only: no answers needed to fit the constants
 CIRCUIT_ABLATIONS = ("same", "optimal")
 STUDY_KINDS = {"heads": "head", "mlps": "mlp", "neurons": "neuron"}  # -> a report row's kind

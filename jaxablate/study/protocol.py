@@ -83,6 +83,7 @@ from jaxablate.study import steps as protocol_steps
 from jaxablate.study.checks import (  # noqa: F401  (STEPS, DEFAULT_STEPS: re-exported)
     ABLATIONS,
     DEFAULT_FRACTIONS,
+    DEFAULT_TYPES,
     DEFAULT_STEPS,
     STEPS,
     check_counterfactual,
@@ -113,7 +114,9 @@ class Study:
     oa_steps, oa_lr, oa_objective ("kl_to_clean" or "loss"): the optimal-ablation fit (Adam
     steps, learning rate, what it minimises on the reference prompts), used by "optimal"
     (as `ablation`, in the comparison, or circuit_ablation="optimal"; see
-    `jaxablate.study.optimal`).
+    `jaxablate.study.optimal`). The comparison's default types are zero, mean, resample:
+    pass types=ABLATIONS to add optimal (the command line does; the fit costs about
+    oa_steps x 3 passes of the reference prompts per component).
     Results of each step are cached; `run()` returns all of them as a `StudyResult`.
     store: a folder (or `jaxablate.store.ResultsStore`) where every sweep is committed chunk
     by chunk: a study run again with the same inputs resumes from it, one with other inputs
@@ -366,9 +369,10 @@ class Study:
         return self._cached(("screening", method, steps, top_k, have_all), lambda: jsonable(
             screen_and_verify(self, method, steps, top_k)))
 
-    def compare_ablations(self, types: Sequence[str] = ABLATIONS) -> dict[str, Any]:
-        """The single study under each ablation type: effects, Spearman correlations, verdict
-        changes (`steps.compare_ablations`)."""
+    def compare_ablations(self, types: Sequence[str] = DEFAULT_TYPES) -> dict[str, Any]:
+        """The single study under each ablation type (default zero, mean, resample; of
+        ABLATIONS, "optimal" too): effects, Spearman correlations, verdict changes
+        (`steps.compare_ablations`)."""
         return protocol_steps.compare_ablations(self, types)
 
     def patching(self) -> dict[str, Any]:
@@ -378,7 +382,7 @@ class Study:
         return self._cached("patching", lambda: patching_step.patching(self))
 
     def run(self, *, fractions: Sequence[float] = DEFAULT_FRACTIONS, target: float | int = 0.8,
-            top_k: int | None = None, types: Sequence[str] = ABLATIONS,
+            top_k: int | None = None, types: Sequence[str] = DEFAULT_TYPES,
             steps: Sequence[str] = DEFAULT_STEPS, screen_method: str = "ig", screen_steps: int = 16,
             screen_top_k: int | None = None, circuit_ablation: str = "same") -> "StudyResult":
         """The default steps (or those in `steps`, of STEPS: "patching" is asked for by
