@@ -13,8 +13,10 @@ Adam (optax) descends on all of them together, in the sweep's chunks and on its 
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Any
 
+import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -31,6 +33,23 @@ from jaxablate.model.validation import check_int, check_progress, check_replacem
 from jaxablate.optimal.objective import MaskObjective, resolve_objective
 
 INITS = ("mean", "zero")
+
+
+@functools.lru_cache(maxsize=16)
+def _adam(learning_rate: float) -> optax.GradientTransformation:
+    """One optimiser object per learning rate, so `_step` compiles once per shape, not once
+    per call."""
+    return optax.adam(learning_rate)
+
+
+@eqx.filter_jit
+def _step(optimiser, params, grads, state, best, improved):
+    """Keep the improved rows of `params` in `best`, then one Adam step on every row."""
+    keep = {f: jnp.where(improved.reshape((-1,) + (1,) * (a.ndim - 1)), a, best[f])
+            for f, a in params.items()}
+    with jax.numpy_dtype_promotion("standard"):  # optax: Python float ** int32 count
+        updates, state = optimiser.update(grads, state, params)
+    return optax.apply_updates(params, updates), state, keep
 
 
 @dataclasses.dataclass
@@ -126,13 +145,13 @@ def optimal_replacement(
     objective: Any = "kl_to_clean",
     *,
     steps: int = 100,
-    learning_rate: float = 0.01,
+    learning_rate: float | int = 0.01,
     per_position: bool = False,
     init: Any = "mean",
     reference_tokens: Any = None,
     key: Any = None,
     progress: Any = None,
-    held_out: float = 0.25,
+    held_out: float | int = 0.25,
     batch_size: int | None = None,
     chunk_size: int | None = None,
     memory_budget: int | None = None,
@@ -232,16 +251,11 @@ def optimal_replacement(
     prompts = fit.prompts
 
     params = {f: jnp.broadcast_to(v, (n_pad,) + v.shape) for f, v in start_values.items()}
-    optimiser = optax.adam(float(learning_rate))
+    optimiser = _adam(float(learning_rate))
     state = optimiser.init(params)
 
-    @jax.jit
     def update(params, grads, state, best, improved):
-        keep = {f: jnp.where(improved.reshape((-1,) + (1,) * (a.ndim - 1)), a, best[f])
-                for f, a in params.items()}
-        with jax.numpy_dtype_promotion("standard"):  # optax: Python float ** int32 count
-            updates, state = optimiser.update(grads, state, params)
-        return optax.apply_updates(params, updates), state, keep
+        return _step(optimiser, params, grads, state, best, improved)
 
     full = prompts(opt_idx)
     history = np.zeros((steps + 1, n_pad))
