@@ -346,7 +346,8 @@ def plot_ablation_types(result: Mapping[str, Any], path: str | os.PathLike,
     left.set_xlabel(f"effect, {base} ablation")
     left.set_ylabel("effect, other ablation")
     spearman = section.get("spearman") or {}
-    text = ", ".join(f"{k} {float(v):.2f}" for k, v in spearman.items() if v is not None)
+    pairs = [f"{k} {float(v):.2f}" for k, v in spearman.items() if v is not None]
+    text = ",\n".join(", ".join(pairs[i:i + 3]) for i in range(0, len(pairs), 3))  # 3 a line
     left.set_title("Spearman: " + text if text else "effects by ablation type", fontsize=9)
     if len(effects) > 1:
         left.legend(fontsize=8)
