@@ -111,12 +111,10 @@ class Study:
     or "optimal". components: kinds studied, among "heads", "mlps", "neurons"
     (neurons of `neuron_layers` only, default all). threshold: the critical effect (default
     10% of |baseline|). progress(step, done, total) is called after every sweep chunk.
-    oa_steps, oa_lr, oa_objective ("kl_to_clean" or "loss"): the optimal-ablation fit (Adam
-    steps, learning rate, what it minimises on the reference prompts), used by "optimal"
-    (as `ablation`, in the comparison, or circuit_ablation="optimal"; see
-    `jaxablate.study.optimal`). The comparison's default types are zero, mean, resample:
-    pass types=ABLATIONS to add optimal (the command line does; the fit costs about
-    oa_steps x 3 passes of the reference prompts per component).
+    oa_steps, oa_lr, oa_objective ("kl_to_clean" or "loss"): the fit of "optimal" values
+    (Adam steps, rate, what they minimise on the reference; `jaxablate.study.optimal`). The
+    comparison's default types are zero, mean, resample: types=ABLATIONS adds optimal (as the
+    command line does; its fit costs ~oa_steps x 3 passes of the reference per component).
     Results of each step are cached; `run()` returns all of them as a `StudyResult`.
     store: a folder (or `jaxablate.store.ResultsStore`) where every sweep is committed chunk
     by chunk: a study run again with the same inputs resumes from it, one with other inputs
@@ -128,6 +126,7 @@ class Study:
     Example:
         >>> study = Study(model, tasks.induction(64, vocab=model.cfg.d_vocab), ablation="mean")
         >>> study.single()[0]["effect"], study.minimal_circuit(0.8)["members"]
+        >>> Study(model, task, ablation="optimal").optimal_record().shift_share()  # [N]
     """
 
     def __init__(self, model: GPT2, task: Task | None = None, *, tokens: Any = None,
@@ -370,9 +369,8 @@ class Study:
             screen_and_verify(self, method, steps, top_k)))
 
     def compare_ablations(self, types: Sequence[str] = DEFAULT_TYPES) -> dict[str, Any]:
-        """The single study under each ablation type (default zero, mean, resample; of
-        ABLATIONS, "optimal" too): effects, Spearman correlations, verdict changes
-        (`steps.compare_ablations`)."""
+        """The single study under each ablation type (of ABLATIONS; default zero, mean,
+        resample): effects, Spearman correlations, verdict changes (`steps.compare_ablations`)."""
         return protocol_steps.compare_ablations(self, types)
 
     def patching(self) -> dict[str, Any]:
