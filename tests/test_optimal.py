@@ -328,3 +328,25 @@ print(json.dumps({
     # as the chunking test: Adam steps move by rounding's share of the learning rate
     assert report["values"] <= 1e-5, report
     assert report["history"] <= ATOL and report["sweep"] <= ATOL, report
+
+
+def test_sae_features(model4, tokens):
+    """SAE features (an SAE attached at layer 2): the constants found give, applied one mask
+    at a time by `jaxablate.forward`, the record's Delta."""
+    rng = np.random.default_rng(8)
+    d, n = model4.cfg.d_model, 6
+    sae = jaxablate.SAE.create(rng.normal(0, 0.3, (d, n)).astype(np.float32),
+                               rng.normal(0.2, 0.1, n).astype(np.float32),
+                               rng.normal(0, 0.3, (n, d)).astype(np.float32),
+                               rng.normal(0, 0.1, d).astype(np.float32),
+                               hook_point="blocks.2.hook_resid_pre")
+    model = jaxablate.attach_sae(model4, sae)
+    ms = masks.single_features(model.cfg, n)
+    r, record = jaxablate.optimal_replacement(model, tokens, ms, steps=5, learning_rate=0.05,
+                                              held_out=0)
+    assert r.sae_features.shape == (n, 1, n)
+    clean = np.asarray(jaxablate.forward(model, tokens), np.float64)
+    loop = [kl_all(np.asarray(jaxablate.forward(model, tokens, ms.mask(i), r.for_mask(i)),
+                              np.float64), clean).mean() for i in range(n)]
+    np.testing.assert_allclose(record.delta, loop, rtol=0, atol=ATOL)
+    assert np.all(record.delta <= record.delta_init) and np.any(record.delta < record.delta_init)
