@@ -182,7 +182,7 @@ CASES = [
         "a study needs at least 2 prompts", "at least 2 prompts"),
     Api("study-unknown-ablation",
         lambda c: ja.Study(c.model, tokens=c.tokens, metric=c.metric, ablation="gaussian"),
-        "ablation must be one of", r"\('zero', 'mean', 'resample'\)"),
+        "ablation must be one of", r"\('zero', 'mean', 'resample', 'optimal'\)"),
     Api("study-chunk-size-out-of-memory",
         lambda c: ja.Study(c.model, tokens=c.tokens, metric=c.metric, chunk_size=10**9),
         "chunk_size 1000000000 needs about", r"pass chunk_size <= \d+"),
