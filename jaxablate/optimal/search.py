@@ -42,11 +42,16 @@ def _adam(learning_rate: float) -> optax.GradientTransformation:
     return optax.adam(learning_rate)
 
 
+def _keep(params, best, improved):
+    """`best` with the rows where `improved` (bool [n_pad]) taken from `params`."""
+    return {f: jnp.where(improved.reshape((-1,) + (1,) * (a.ndim - 1)), a, best[f])
+            for f, a in params.items()}
+
+
 @eqx.filter_jit
 def _step(optimiser, params, grads, state, best, improved):
     """Keep the improved rows of `params` in `best`, then one Adam step on every row."""
-    keep = {f: jnp.where(improved.reshape((-1,) + (1,) * (a.ndim - 1)), a, best[f])
-            for f, a in params.items()}
+    keep = _keep(params, best, improved)
     with jax.numpy_dtype_promotion("standard"):  # optax: Python float ** int32 count
         updates, state = optimiser.update(grads, state, params)
     return optax.apply_updates(params, updates), state, keep
@@ -98,8 +103,7 @@ class OptimalAblation:
             return np.where(init != 0, (init - best) / init, np.nan)
 
 
-def _check_init(init: Any, model: GPT2, kinds: tuple[str, ...], seq: int, batch: int,
-                per_position: bool) -> str:
+def _check_init(init: Any, model: GPT2, kinds: tuple[str, ...], seq: int, batch: int) -> str:
     if isinstance(init, Replacement):
         n_features = None if model.sae is None else model.sae.n_features
         if init.per_example or init.per_mask:
@@ -217,7 +221,7 @@ def optimal_replacement(
     n = len(mask_set)
     if n == 0:
         raise InputError("masks: an empty mask set has nothing to optimise")
-    init_name = _check_init(init, model, mask_set.kinds, seq, n_prompts, per_position)
+    init_name = _check_init(init, model, mask_set.kinds, seq, n_prompts)
     if reference_tokens is not None:
         reference_tokens = check_tokens(reference_tokens, model.cfg)
         if per_position and reference_tokens.shape[1] != seq:
@@ -247,17 +251,13 @@ def optimal_replacement(
     fit = MaskObjective(model, tokens, mask_set, metric, chunk_size, batch_size,
                         placement(devices, mesh), memory_budget)
     n_pad, by_layer = fit.n_pad, fit.order
-    damage = fit.damage
-    prompts = fit.prompts
 
-    params = {f: jnp.broadcast_to(v, (n_pad,) + v.shape) for f, v in start_values.items()}
+    initial = {f: jnp.broadcast_to(v, (n_pad,) + v.shape) for f, v in start_values.items()}
+    params = initial
     optimiser = _adam(float(learning_rate))
     state = optimiser.init(params)
 
-    def update(params, grads, state, best, improved):
-        return _step(optimiser, params, grads, state, best, improved)
-
-    full = prompts(opt_idx)
+    full = fit.prompts(opt_idx)
     history = np.zeros((steps + 1, n_pad))
     best_value = np.full(n_pad, np.inf)
     best = params
@@ -265,22 +265,22 @@ def optimal_replacement(
         if t < steps:
             if batch_size < n_opt:
                 pick = jax.random.permutation(jax.random.fold_in(batch_key, t), n_opt)
-                batch = prompts(opt_idx[np.sort(np.asarray(pick)[:batch_size])])
+                batch = fit.prompts(opt_idx[np.sort(np.asarray(pick)[:batch_size])])
             else:
                 batch = full
             value, grads = fit.damage_and_grad(params, batch)
             if batch is not full:
-                value = damage(params, full)
+                value = fit.damage(params, full)
         else:
-            value = damage(params, full)
+            value = fit.damage(params, full)
         history[t] = value
         improved = value < best_value
         best_value = np.where(improved, value, best_value)
         if t < steps:
-            params, state, best = update(params, grads, state, best, jnp.asarray(improved))
+            params, state, best = _step(optimiser, params, grads, state, best,
+                                        jnp.asarray(improved))
         else:
-            best = {f: jnp.where(jnp.asarray(improved).reshape((-1,) + (1,) * (a.ndim - 1)),
-                                 a, best[f]) for f, a in params.items()}
+            best = _keep(params, best, jnp.asarray(improved))
         if progress is not None:
             progress(t + 1, steps + 1)
 
@@ -290,12 +290,11 @@ def optimal_replacement(
     replacement = Replacement(**values, kind="optimal", per_mask=True)
     history = history[:, back]
     best_step = np.argmin(history, axis=0)
-    start_params = {f: jnp.broadcast_to(v, (n_pad,) + v.shape) for f, v in start_values.items()}
     held_best = held_init = None
     if n_hold:
-        held = prompts(hold_idx)
-        held_best = damage(best, held)[back]
-        held_init = damage(start_params, held)[back]
+        held = fit.prompts(hold_idx)
+        held_best = fit.damage(best, held)[back]
+        held_init = fit.damage(initial, held)[back]
     record = OptimalAblation(
         names=list(mask_set.names), objective=metric.name, init=init_name, history=history,
         best_step=best_step, delta=history[best_step, np.arange(n)], delta_init=history[0],

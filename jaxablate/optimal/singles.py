@@ -80,7 +80,8 @@ def shared_from_singles(replacement: Replacement, mask_set: MaskSet) -> Replacem
                 source = np.repeat(source, seq, axis=seq_axis)
             values[field][slot] = source[slot]
     counts = np.bincount(np.fromiter(taken.values(), np.int64), minlength=len(mask_set))
-    for m in np.nonzero(counts > 1)[0][:1]:
+    if (counts > 1).any():
+        m = int(np.argmax(counts > 1))
         raise InputError(f"shared_from_singles: mask {mask_set.names[m]!r} ablates "
                          "several components; its constants were optimised for them "
                          "jointly, not one by one")
