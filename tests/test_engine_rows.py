@@ -3,8 +3,8 @@
 A mask whose first changed position is p leaves every row before p clean at every layer
 (attention is causal), so the sweep resumes it from rows p.. of the clean stream and feeds
 the clean keys and values of rows < p to every layer's attention (`engine/resume.py`); the
-logits a metric reads before p are the clean ones. Masks are grouped by p rounded down to a
-multiple of seq / ROW_GROUPS, one compiled program per group.
+logits a metric reads before p are the clean ones. Masks are grouped by their row count
+seq - p rounded up to one of a few sizes (`plan.row_counts`), one compiled program per size.
 
 So every case here mixes position kinds whose first changed row differs (head z, residual,
 MLP output, stream after attention, q, k and v at single positions) with kinds that change
@@ -91,10 +91,31 @@ def test_row_starts_follow_the_first_changed_position():
         seq_len=SEQ)
     rows = plan_lib.first_rows(ms, SEQ)
     np.testing.assert_array_equal(rows, [5, 3, 1, 0, 2, 0])
-    step = -(-SEQ // plan_lib.ROW_GROUPS)  # 2 for SEQ = 6
-    np.testing.assert_array_equal(plan_lib.row_groups(rows, SEQ), rows // step * step)
+    # Each start is the latest one at or before the first changed row whose row count is
+    # one of the allowed sizes (brute force over every start).
+    allowed = set(plan_lib.row_counts(SEQ).tolist())
+    latest = [max(s for s in range(r + 1) if SEQ - s in allowed) for r in rows]
+    np.testing.assert_array_equal(plan_lib.row_groups(rows, SEQ), latest)
     # reuse_prefix=False is the reference path: every row recomputed.
     model = random_model(cfg, 0)
     tokens = np.zeros((1, SEQ), np.int64)
     off = plan_lib.plan_sweep(model, ms, 1, SEQ, 1, METRICS["logit_diff"], None, None, False)
     assert not off.row_start.any()
+
+
+@pytest.mark.parametrize("seq", [1, 2, 5, 6, 16, 17, 100, 1024])
+def test_row_counts_are_few_and_cover_every_row(seq):
+    counts = plan_lib.row_counts(seq)
+    step = -(-seq // plan_lib.ROW_GROUPS)
+    assert counts[-1] == seq and counts[0] == 1 and (np.diff(counts) > 0).all()
+    # Powers of two below the coarse step, then multiples of it (and seq): log-many.
+    assert all(c & (c - 1) == 0 for c in counts if c < step)
+    assert all(c % step == 0 or c == seq for c in counts if c >= step)
+    assert len(counts) <= plan_lib.ROW_GROUPS + max(1, step).bit_length()
+    # A mask at the last position recomputes one row; no mask more than twice its rows,
+    # or one coarse step more.
+    starts = plan_lib.row_groups(np.arange(seq), seq)
+    assert starts[-1] == seq - 1
+    needed = seq - np.arange(seq)
+    assert ((seq - starts <= 2 * needed) | (seq - starts < needed + step)).all()
+    assert (starts <= np.arange(seq)).all()

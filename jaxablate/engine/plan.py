@@ -23,8 +23,10 @@ from jaxablate.model.mask import POSITION_KINDS, Mask
 
 PARENT_BLOCK = 16  # parents' trajectories per compiled call, at most
 # Row skipping: a mask whose first changed position is p leaves rows < p clean at every
-# layer. Masks are grouped by p rounded down to a multiple of seq / ROW_GROUPS, one
-# compiled program per group (fewer groups: fewer compilations, more rows recomputed).
+# layer. Each recomputes the seq - p rows from p on, rounded up to a row count of a few
+# fixed sizes, one compiled program per size present: the multiples of seq / ROW_GROUPS,
+# and below the smallest of them the powers of two (a mask at the last position computes
+# one row, not seq / ROW_GROUPS). Fewer sizes: fewer compilations, more rows recomputed.
 ROW_GROUPS = 4
 
 
@@ -69,51 +71,83 @@ def first_rows(mask_set: MaskSet, seq: int) -> np.ndarray:
     return rows
 
 
-def row_groups(rows: np.ndarray, seq: int) -> np.ndarray:
-    """Each mask's row start: its first changed position rounded down to a multiple of
-    seq / ROW_GROUPS (a few fixed shapes, so a few compilations). A mask that changes
-    nothing (row seq) reads the clean logits from any program: it joins the most common
-    row start of the others (0 if there are none), so it adds no program of its own."""
+def row_counts(seq: int) -> np.ndarray:
+    """The row counts a chunk may recompute, ascending: powers of two below seq /
+    ROW_GROUPS, then its multiples up to seq (at most ROW_GROUPS + log2(seq / ROW_GROUPS)
+    sizes, so at most that many compiled programs per sweep, whatever the masks).
+
+    Example:
+        >>> row_counts(16)                         # [ 1  2  4  8 12 16]
+    """
     step = max(1, -(-seq // ROW_GROUPS))
-    starts = rows // step * step
+    coarse = [min(seq, k * step) for k in range(1, ROW_GROUPS + 1)]
+    fine = [1 << k for k in range(max(0, step - 1).bit_length()) if 1 << k < step]
+    return np.unique(np.array(fine + coarse, np.int64))
+
+
+def row_groups(rows: np.ndarray, seq: int) -> np.ndarray:
+    """Each mask's row start: seq minus its rows from the first changed position on
+    (seq - p), rounded up to one of `row_counts(seq)` (a few fixed shapes, so a few
+    compilations). A mask that changes nothing (row seq) reads the clean logits from any
+    program: it joins the most common row start of the others (0 if there are none), so
+    it adds no program of its own.
+
+    Example:
+        >>> row_groups(np.array([15, 13, 9, 2, 16]), 16)   # [15 12  8  0  0]
+    """
+    counts = row_counts(seq)
+    needed = np.maximum(seq - np.asarray(rows, np.int64), 1)
+    starts = seq - counts[np.searchsorted(counts, needed)]
     clean = rows >= seq
     if clean.any():
-        values, counts = np.unique(starts[~clean], return_counts=True)
-        starts[clean] = values[np.argmax(counts)] if len(values) else 0
+        values, n_each = np.unique(starts[~clean], return_counts=True)
+        starts[clean] = values[np.argmax(n_each)] if len(values) else 0
     return starts
 
 
 def shared_parents(mask_set: MaskSet, first: np.ndarray, last: np.ndarray,
-                   sae_layer: int | None) -> tuple[MaskSet | None, np.ndarray]:
+                   sae_layer: int | None) -> tuple[MaskSet | None, np.ndarray, np.ndarray]:
     """Shared prefixes of masks that touch several layers.
 
     A mask touching layers first < last leaves the stream entering `last` as its "parent"
     (the mask restricted to layers < last) leaves it: pairs (i, j) across layers share the
-    parent {i}. Returns the parent MaskSet (None if reuse does not pay) and, per mask, its
-    parent's index or -1. first, last: int [N], each mask's first and last touched layer.
+    parent {i}. A mask of the set that *is* a parent (the single head i, in a set of singles
+    and pairs) is read off its parent's trajectory instead of run again ("served").
+    Returns the parent MaskSet (None if reuse does not pay), per mask its parent's index or
+    -1, and per mask whether it is served. first, last: int [N], each mask's first and last
+    touched layer.
 
     Example:
-        >>> parents, parent_of = shared_parents(pairs, *pairs.layer_span(), None)
+        >>> parents, parent_of, served = shared_parents(pairs, *pairs.layer_span(), None)
         >>> len(parents), parent_of[:3]        # GPT-2 small's head pairs: 132 parents
     """
     n = len(mask_set)
     multi = first < last
     parent_of = np.full(n, -1, np.int64)
+    served = np.zeros(n, bool)
     if not multi.any():
-        return None, parent_of
+        return None, parent_of, served
     keys: list[list] = [[] for _ in range(n)]
+    whole: list[list] = [[] for _ in range(n)]  # every changed entry (single-layer masks)
     for kind in mask_set.kinds:
         mask_id, index, weight = mask_set.entries_of(kind)
         layer = mask_set.entry_layers(kind, sae_layer)
-        sel = multi[mask_id] & (weight != 1.0) & (layer < last[mask_id])
+        changed = weight != 1.0
+        sel = multi[mask_id] & changed & (layer < last[mask_id])
         for m, idx, w in zip(mask_id[sel], index[sel], weight[sel]):
             keys[m].append((kind, tuple(int(v) for v in idx), float(w)))
+        sel = ~multi[mask_id] & changed
+        for m, idx, w in zip(mask_id[sel], index[sel], weight[sel]):
+            whole[m].append((kind, tuple(int(v) for v in idx), float(w)))
     ids: dict[tuple, int] = {}
     for m in np.nonzero(multi)[0]:
         parent_of[m] = ids.setdefault(tuple(sorted(keys[m])), len(ids))
     # A parent run costs about what one child saves: worth it only when parents are shared.
     if multi.sum() < 2 * len(ids):
-        return None, np.full(n, -1, np.int64)
+        return None, np.full(n, -1, np.int64), served
+    for m in np.nonzero(~multi)[0]:
+        p = ids.get(tuple(sorted(whole[m])), -1) if whole[m] else -1
+        parent_of[m], served[m] = p, p >= 0
     rows = {k: [] for k in mask_set.kinds}
     for key, p in ids.items():
         for kind, idx, w in key:
@@ -127,7 +161,7 @@ def shared_parents(mask_set: MaskSet, first: np.ndarray, last: np.ndarray,
     parents = MaskSet(mask_set.cfg, entries, [f"parent{p}" for p in range(len(ids))],
                       seq_len=mask_set.seq_len, n_features=mask_set.n_features,
                       kinds=mask_set.kinds)  # the children's program shape
-    return parents, parent_of
+    return parents, parent_of, served
 
 
 @dataclasses.dataclass
@@ -138,6 +172,9 @@ class Plan:
     last: np.ndarray  # per mask, the last layer it touches
     parents: MaskSet | None  # shared prefixes of multi-layer masks
     parent_of: np.ndarray  # per mask, its parent's index or -1
+    resume_at: np.ndarray  # per child, the layer it resumes at on its parent's stream:
+    # its last touched layer, or n_layers for a served mask (the parent itself: the
+    # parent's final stream, unembedded)
     own: np.ndarray  # masks without a parent, by row start, then first layer
     row_start: np.ndarray  # per mask, the first row its own chunk recomputes (0: all)
     blocks: list[tuple[np.ndarray, np.ndarray]]  # (parents, their children by last layer)
@@ -165,8 +202,10 @@ def plan_sweep(model: GPT2, mask_set: MaskSet, batch: int, seq: int, n_read: int
     first, last = mask_set.layer_span(sae_layer)
     if not reuse_prefix:
         first[:] = 0
-    parents, parent_of = (shared_parents(mask_set, first, last, sae_layer) if reuse_prefix
-                          and share_parents else (None, np.full(n, -1, np.int64)))
+    parents, parent_of, served = (
+        shared_parents(mask_set, first, last, sae_layer) if reuse_prefix and share_parents
+        else (None, np.full(n, -1, np.int64), np.zeros(n, bool)))
+    resume_at = np.where(served, model.cfg.n_layers, last)
 
     # The schedule, on the host. Masks without a parent, by row start (one program shape
     # each), then by first touched layer: each chunk resumes from the clean stream at its
@@ -177,7 +216,8 @@ def plan_sweep(model: GPT2, mask_set: MaskSet, batch: int, seq: int, n_read: int
     own = np.nonzero(parent_of < 0)[0]
     own = own[np.lexsort((first[own], row_start[own]))]
     # Masks with a parent: blocks of parents' trajectories run once each, then every child
-    # resumes from its parent's stream at the child's last touched layer.
+    # resumes from its parent's stream at the child's last touched layer (a served mask,
+    # the parent itself, at n_layers: its metric is read off the parent's final stream).
     blocks: list[tuple[np.ndarray, np.ndarray]] = []  # (parents, their children by layer)
     block = 1
     if parents is not None:
@@ -192,14 +232,15 @@ def plan_sweep(model: GPT2, mask_set: MaskSet, batch: int, seq: int, n_read: int
         for begin in range(0, len(parents), block):
             p_idx = p_order[begin:begin + block]
             kids = np.nonzero(np.isin(parent_of, p_idx))[0]
-            blocks.append((p_idx, kids[np.argsort(last[kids], kind="stable")]))
+            blocks.append((p_idx, kids[np.argsort(resume_at[kids], kind="stable")]))
     if chunk_size is None:
         max_chunk = default_chunk_size(model, batch, seq, n_read, n, memory_budget)
-        groups = [first[own]] + [last[kids] for _, kids in blocks]
+        groups = [first[own]] + [resume_at[kids] for _, kids in blocks]
         n_columns = len(metric.columns) if metric.columns else None
         chunk_size = plan_chunk_size(groups, model.cfg, batch * seq, n_read, seq, max_chunk,
                                      n_columns)
     chunk_size = min(int(chunk_size), n)
-    return Plan(first, last, parents, parent_of, own, row_start, blocks, block, chunk_size)
+    return Plan(first, last, parents, parent_of, resume_at, own, row_start, blocks, block,
+                chunk_size)
 
 

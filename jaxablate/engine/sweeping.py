@@ -27,6 +27,7 @@ from jaxtyping import Float
 
 from jaxablate.ablation.masks import MaskSet
 from jaxablate.ablation.metrics import check_metric, vocab_columns
+from jaxablate.engine.draws import check_draws, is_drawn, stack_draws
 from jaxablate.engine.plan import as_mask_set, plan_sweep
 from jaxablate.engine.resume import resume, trajectory
 from jaxablate.engine.schedule import check_chunk_size
@@ -35,26 +36,28 @@ from jaxablate.model.batched import validate_call
 from jaxablate.model.gpt2 import GPT2
 from jaxablate.model.mask import REATTEND_BREAKING, Mask
 from jaxablate.model.replacement import Replacement
-from jaxablate.model.validation import check_progress, check_replacement
+from jaxablate.model.validation import check_int, check_progress, check_replacement
 
 
 class NonFiniteMetricError(ValueError):
     """The metric came out NaN or inf for some masks (an overflow, not a bad argument).
 
     Attributes: names (the masks that produced it, by `MaskSet.names`), values (the whole
-    `[N, batch]` result, non-finite entries included), bad (bool `[N, batch]`).
+    result as the sweep returns it, `[N, batch]` or `[draws, N, batch]`, non-finite entries
+    included), bad (bool, the same shape).
     """
 
     def __init__(self, names: list[str], values: np.ndarray, offset: int = 0,
                  where: str = ""):
-        # values: [n, batch] of the masks names[offset:offset + n]
+        # values: [n, batch] or [draws, n, batch] of the masks names[offset:offset + n]
         bad = ~np.isfinite(values)
-        rows = [int(i) for i in np.nonzero(bad.any(1))[0]]
+        per_mask = bad if bad.ndim == 2 else bad.any(0)  # [n, batch]
+        rows = [int(i) for i in np.nonzero(per_mask.any(1))[0]]
         self.names = [names[offset + i] for i in rows]
         self.values, self.bad = values, bad
 
         def examples(i: int) -> str:
-            which = np.nonzero(bad[i])[0]
+            which = np.nonzero(per_mask[i])[0]
             return ", ".join(str(e) for e in which[:4]) + (", ..." if len(which) > 4 else "")
 
         shown = ", ".join(f"{names[offset + i]} (examples {examples(i)})" for i in rows[:5])
@@ -83,15 +86,17 @@ def _clean_pass(model, tokens, positions, columns):
 
 @eqx.filter_jit
 def _run_chunk(model, x0, attended, start, masks, replacement, tokens, positions, columns,
-               clean, data, score, n_masks, prefix=None):
-    """Metric [chunk, batch] of a chunk of masks resumed at layer `start` from `x0`.
+               clean, data, score, n_masks, prefix=None, drawn=False):
+    """Metric [chunk, batch] (drawn: [chunk, draw, batch]) of a chunk of masks resumed at
+    layer `start` from `x0`.
 
     x0 is the stream entering `start`: [batch, rows, d] shared by the chunk (the clean one),
-    or [chunk, batch, seq, d], one per mask (each resumed from its parent's stream).
+    or [chunk, (draw,) batch, seq, d], one per mask (each resumed from its parent's stream).
     attended: None, or the unablated (resid_mid, z) of layer `start` with x0's leading axes:
     the layer's attention is then reused, not recomputed. prefix: None, or the clean keys
     and values [batch, layer, r, head, d_head] of the r = seq - rows positions x0 leaves
-    out (row skipping: no mask of the chunk changes them).
+    out (row skipping: no mask of the chunk changes them). drawn: the replacement's fields
+    carry a leading draw axis (resample draws), and every mask runs under each draw.
     """
     def one(mask, x, att, pre, repl, tok, pos, cols, cl, d):
         logits = resume(model, x, start, mask, repl, pos, cols, att, pre, cl)
@@ -99,7 +104,12 @@ def _run_chunk(model, x0, attended, start, masks, replacement, tokens, positions
 
     r_axis = 0 if replacement is not None and replacement.per_example else None
     per_example = jax.vmap(one, in_axes=(None, 0, 0, 0, r_axis, 0, 0, 0, 0, 0))
-    x_axis = 0 if x0.ndim == 4 else None
+    per_stream = x0.ndim == (5 if drawn else 4)  # one stream per mask (from its parent)
+    if drawn:  # the draws inside a mask: the mask axis stays leading (it is the one split)
+        d_axis = 0 if per_stream else None
+        per_example = jax.vmap(per_example, in_axes=(None, d_axis, d_axis, None, 0)
+                               + (None,) * 5)
+    x_axis = 0 if per_stream else None
     m_axis = 0 if replacement is not None and replacement.per_mask else None
     # axis_size: a chunk of clean masks only is a Mask with no fields (nothing to map over).
     return jax.vmap(per_example, in_axes=(0, x_axis, x_axis, None, m_axis) + (None,) * 5,
@@ -108,14 +118,17 @@ def _run_chunk(model, x0, attended, start, masks, replacement, tokens, positions
 
 
 @eqx.filter_jit
-def _run_trajectories(model, resid, attended, start, masks, replacement):
-    """Residual stream entering every layer under each mask: [chunk, batch, layer+1, seq, d];
-    with `attended` (the clean resid_mid and z), also those under each mask."""
+def _run_trajectories(model, resid, attended, start, masks, replacement, drawn=False):
+    """Residual stream entering every layer under each mask:
+    [chunk, (draw,) batch, layer+1, seq, d]; with `attended` (the clean resid_mid and z),
+    also those under each mask. drawn: as `_run_chunk`'s."""
     def one(mask, r, att, repl):
         return trajectory(model, r, start, mask, repl, att)
 
     r_axis = 0 if replacement is not None and replacement.per_example else None
     per_example = jax.vmap(one, in_axes=(None, 0, 0, r_axis))
+    if drawn:
+        per_example = jax.vmap(per_example, in_axes=(None, None, None, 0))
     return jax.vmap(per_example, in_axes=(0, None, None, None))(masks, resid, attended,
                                                                  replacement)
 
@@ -136,15 +149,17 @@ def check_sweep(model: GPT2, tokens: Any, masks: MaskSet | Mask, replacement: An
                 ) -> tuple[np.ndarray, MaskSet, np.ndarray, dict[str, np.ndarray], int | None]:
     """A sweep's arguments checked on the host before anything compiles: (tokens int32
     [batch, seq], the MaskSet, the metric's positions [batch, k] and data, the explicit chunk
-    size or None). Raises the ValueError/TypeError that names the problem."""
+    size or None). `replacement` may be a list of draws (`engine.draws`). Raises the
+    ValueError/TypeError that names the problem."""
     check_metric(metric)
     check_progress(progress)
     tokens = validate_call(model, tokens, None, None)
     batch, seq = tokens.shape
     mask_set = as_mask_set(masks, model, seq)
     n_features = None if model.sae is None else model.sae.n_features
-    check_replacement(replacement, mask_set.kinds, model.cfg, seq, batch, n_features,
-                      n_masks=len(mask_set))
+    for r in check_draws(replacement) if is_drawn(replacement) else [replacement]:
+        check_replacement(r, mask_set.kinds, model.cfg, seq, batch, n_features,
+                          n_masks=len(mask_set))
     positions, data = metric.prepare(tokens, model.cfg)
     if chunk_size is not None:
         chunk_size = check_chunk_size(model, batch, seq, positions.shape[1], chunk_size,
@@ -153,8 +168,10 @@ def check_sweep(model: GPT2, tokens: Any, masks: MaskSet | Mask, replacement: An
 
 
 def planned_chunk_size(model: GPT2, tokens: Any, masks: MaskSet | Mask, metric: Any, *,
-                       reuse_prefix: bool = True, memory_budget: int | None = None) -> int:
-    """The chunk size `sweep` picks for these arguments (masks per compiled call).
+                       reuse_prefix: bool = True, memory_budget: int | None = None,
+                       draws: int = 1) -> int:
+    """The chunk size `sweep` picks for these arguments (masks per compiled call; with
+    `draws` replacements, each mask of a chunk runs under every draw).
 
     Pass it as `chunk_size=` to a warm-up sweep on a few masks to compile the same programs
     the full sweep will run (benchmarks time compilation apart this way).
@@ -167,15 +184,15 @@ def planned_chunk_size(model: GPT2, tokens: Any, masks: MaskSet | Mask, metric: 
     batch, seq = tokens.shape
     mask_set = as_mask_set(masks, model, seq)
     positions, _ = metric.prepare(tokens, model.cfg)
-    return plan_sweep(model, mask_set, batch, seq, positions.shape[1], metric, None,
-                      memory_budget, reuse_prefix).chunk_size
+    return plan_sweep(model, mask_set, batch * check_int(draws, "draws", 1), seq,
+                      positions.shape[1], metric, None, memory_budget, reuse_prefix).chunk_size
 
 
 def sweep(
     model: GPT2,
     tokens: Any,
     masks: MaskSet | Mask,
-    replacement: Replacement | None,
+    replacement: Replacement | list[Replacement] | None,
     metric: Any,
     chunk_size: int | np.integer | None = None,
     *,
@@ -184,17 +201,21 @@ def sweep(
     memory_budget: int | None = None,
     devices: Any = None,
     mesh: Any = None,
-) -> Float[np.ndarray, "n batch"]:
-    """The metric under each of N ablations, per example: numpy float32 `[N, batch]`.
-    (`jaxablate.sweep` is this with `store=`, see `jaxablate.store.front`.)
+) -> Float[np.ndarray, "*draws n batch"]:
+    """The metric under each of N ablations, per example: numpy float32 `[N, batch]`
+    (`[D, N, batch]` for a list of D replacements). (`jaxablate.sweep` is this with
+    `store=`, see `jaxablate.store.front`.)
 
     tokens: int [batch, seq]. masks: a `MaskSet` from `jaxablate.masks` (or a dense stacked
     `Mask` with leading axis N). replacement: from zero/mean/resample/patch_replacement,
     shared by every mask, or per-mask values (leading mask axis N, `optimal_replacement`:
     mask n is blended towards its own; masks then resume from the clean stream, never from a
-    shared parent's, whose ablation would differ from child to child). metric:
+    shared parent's, whose ablation would differ from child to child), or a list of D
+    replacements of one kind and shape (resample draws, `engine.draws`): every mask runs
+    under each, the draws vmapped inside the same compiled calls. metric:
     from `jaxablate.metrics`. chunk_size: masks per compiled call (default: the size of least
-    estimated cost that fits `memory_budget` bytes, see `jaxablate.engine.schedule`).
+    estimated cost that fits `memory_budget` bytes, see `jaxablate.engine.schedule`; with
+    draws, each mask of a chunk runs D times).
     progress(done, total) is called after every chunk.
     reuse_prefix=False runs every mask from layer 0 (slower; same numbers up to rounding).
     devices: the devices the mask axis is split over (None: every local device; an int n:
@@ -212,13 +233,15 @@ def sweep(
     place = placement(devices, mesh)
     tokens, mask_set, positions, data, chunk_size = check_sweep(
         model, tokens, masks, replacement, metric, chunk_size, memory_budget, progress)
+    drawn = is_drawn(replacement)
+    n_draws = len(replacement) if drawn else 1
     batch, seq = tokens.shape
     n = len(mask_set)
     explicit = chunk_size is not None
-    per_mask = replacement is not None and replacement.per_mask
-    plan = plan_sweep(model, mask_set, batch, seq, positions.shape[1], metric, chunk_size,
-                      memory_budget, reuse_prefix, share_parents=not per_mask)
-    first, last, parents, parent_of = plan.first, plan.last, plan.parents, plan.parent_of
+    per_mask = replacement is not None and not drawn and replacement.per_mask
+    plan = plan_sweep(model, mask_set, batch * n_draws, seq, positions.shape[1], metric,
+                      chunk_size, memory_budget, reuse_prefix, share_parents=not per_mask)
+    first, parents, parent_of = plan.first, plan.parents, plan.parent_of
     own, blocks, block, chunk_size = plan.own, plan.blocks, plan.block, plan.chunk_size
     # Several devices: whole chunks of masks per device (the planned size each), padded.
     size = plan.chunk_size if explicit else plan.chunk_size * place.n_devices
@@ -230,7 +253,8 @@ def sweep(
     columns, data = vocab_columns(metric, data)
     # Copied to every device once (a no-op on one device); the clean pass then runs on each.
     model = place.replicate(model)
-    shared = None if per_mask else place.replicate(replacement)
+    shared = None if per_mask else place.replicate(
+        stack_draws(check_draws(replacement)) if drawn else replacement)
     tokens_j, positions_j = place.replicate((jnp.asarray(tokens), jnp.asarray(positions)))
     columns_j = None if columns is None else place.replicate(jnp.asarray(columns))
     data_j = place.replicate({k: jnp.asarray(v) for k, v in data.items()})
@@ -240,7 +264,7 @@ def sweep(
     # resumes at: only the ablated heads' z change there, by a delta through W_O.
     if not reuse_prefix or set(REATTEND_BREAKING) & set(mask_set.kinds):
         attended = None
-    out = np.empty((n, batch), np.float32)
+    out = np.empty((n, n_draws, batch) if drawn else (n, batch), np.float32)
     done = 0
     top = model.cfg.n_layers - 1
 
@@ -248,25 +272,23 @@ def sweep(
             ) -> None:
         nonlocal done
         chunk = place.split(_pad(mask_set.materialize(idx), chunk_size))
-        if x0.ndim == 4:  # one stream per mask (resumed from its parent's)
+        if x0.ndim > 3:  # one stream per mask (resumed from its parent's)
             x0, att = place.split((x0, att))
         # Per-mask values travel with their masks (padding masks keep all: any values do).
         repl = shared if not per_mask else place.split(
             _pad(replacement.take(jnp.asarray(idx)), chunk_size, 0.0))
         values = _run_chunk(model, x0, att, jnp.int32(start), chunk, repl, tokens_j,
                             positions_j, columns_j, clean, data_j, metric.score, chunk_size,
-                            prefix)
+                            prefix, drawn)
         out[idx] = np.asarray(values)[: len(idx)]
         done += len(idx)
         if progress is not None:
             progress(done, n)
 
-    def at_layer(tree: Any, layer: int, rows: Any = None) -> Any:
-        # Layer `layer` of [batch, layer, ...] (or of [parent, batch, layer, ...] at `rows`),
-        # clamped: clean masks start past the last layer and read nothing there.
-        layer = min(layer, top)
-        return jax.tree_util.tree_map(
-            lambda a: a[:, layer] if rows is None else a[rows, :, layer], tree)
+    def at_layer(tree: Any, layer: int) -> Any:
+        # Layer `layer` of the clean [batch, layer, ...], clamped: clean masks start past
+        # the last layer and read nothing there.
+        return jax.tree_util.tree_map(lambda a: a[:, min(layer, top)], tree)
 
     # Masks without a parent, one row start at a time (`own` is sorted by it): the first r
     # rows are clean at every layer, so the chunk resumes from rows r.. of the clean stream
@@ -279,20 +301,25 @@ def sweep(
             idx = group[begin:begin + chunk_size]
             start = int(first[idx[0]])
             run(idx, start, resid[:, start, r:], at_layer(attended, start), prefix)
+    # Streams per parent: [parent, (draw,) batch, layer(+1), ...]; the layer axis after them.
+    layer_axis = 3 if drawn else 2
     for p_idx, kids in blocks:
         local = np.full(len(parents), -1, np.int64)
         local[p_idx] = np.arange(len(p_idx))
         traj = _run_trajectories(model, resid, attended, jnp.int32(p_first[p_idx[0]]),
                                  place.split(_pad(parents.materialize(p_idx), block)),
-                                 shared)
+                                 shared, drawn)
         traj_resid, traj_att = traj if attended is not None else (traj, None)
         for k in range(0, len(kids), chunk_size):
             idx = kids[k:k + chunk_size]
-            start = int(last[idx[0]])
-            rows = jnp.asarray(local[parent_of[idx]])
-            x0 = traj_resid[rows, :, start]
-            att = None if traj_att is None else at_layer(traj_att, start, rows)
-            run(idx, start, _pad(x0, chunk_size, 0.0), _pad(att, chunk_size, 0.0))
+            start = int(plan.resume_at[idx[0]])
+            # Padding masks (keep-all) read the first parent's stream; their results drop.
+            rows = jnp.asarray(np.pad(local[parent_of[idx]], (0, chunk_size - len(idx))))
+            x0 = jnp.take(traj_resid[rows], start, axis=layer_axis)
+            att = jax.tree_util.tree_map(
+                lambda a: jnp.take(a[rows], min(start, top), axis=layer_axis), traj_att)
+            run(idx, start, x0, att)
+    out = np.moveaxis(out, 1, 0) if drawn else out  # [draw, n, batch]
     if not np.isfinite(out).all():
         raise NonFiniteMetricError(mask_set.names, out)
     return out

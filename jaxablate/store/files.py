@@ -77,7 +77,7 @@ def write_chunk(folder: Path, i: int, values: np.ndarray) -> None:
     write_atomic(folder, f"chunk-{i:06d}.{sha}.npy", f"chunk-{i:06d}", data)
 
 
-def read_chunk(folder: Path, i: int, shape: tuple[int, int]) -> np.ndarray | None:
+def read_chunk(folder: Path, i: int, shape: tuple[int, ...]) -> np.ndarray | None:
     """File i if present and sound (float32 of `shape`); a damaged one is deleted, with a
     `StoreWarning`, and None returned so that it is recomputed."""
     for path in sorted(folder.glob(f"chunk-{i:06d}.*.npy")):

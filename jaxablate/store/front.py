@@ -18,8 +18,9 @@ from jaxablate.store.results import ResultsStore
 def sweep(model: GPT2, tokens: Any, masks: Any, replacement: Any, metric: Any,
           chunk_size: Any = None, *, progress: Any = None, reuse_prefix: bool = True,
           memory_budget: int | None = None, store: Any = None, devices: Any = None,
-          mesh: Any = None) -> Float[np.ndarray, "n batch"]:
-    """The metric under each of N ablations, per example: numpy float32 `[N, batch]`.
+          mesh: Any = None) -> Float[np.ndarray, "*draws n batch"]:
+    """The metric under each of N ablations, per example: numpy float32 `[N, batch]`
+    (`[D, N, batch]` for a list of D replacements, e.g. resample draws).
 
     Arguments as `jaxablate.engine.sweep` (tokens int [batch, seq], masks a MaskSet or a
     stacked Mask, replacement, metric, chunk_size, progress(done, total), reuse_prefix,

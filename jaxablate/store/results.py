@@ -9,6 +9,7 @@ Layout: one sub-folder per sweep, named by its `key` ("sweep" for `ja.sweep(stor
 
     runs/pairs/sweep/manifest.json            what produced the results (below)
     runs/pairs/sweep/chunk-000003.<sha>.npy   float32 [masks 3S .. 4S-1, batch]
+                                              ([draws, masks, batch] for a list of draws)
 
 Chunks. The mask set is cut, in its own order, into files of S masks (`masks_per_file`,
 default 8 compute chunks); each file is one `sweep` call whose last chunk is padded with
@@ -61,6 +62,7 @@ import numpy as np
 from jaxtyping import Float
 
 from jaxablate.ablation.masks import MaskSet, concat, from_components
+from jaxablate.engine.draws import is_drawn
 from jaxablate.engine.sharding import placement
 from jaxablate.engine.sweeping import NonFiniteMetricError, check_sweep, planned_chunk_size, sweep
 from jaxablate.errors import InputError
@@ -167,7 +169,7 @@ class ResultsStore:
         model: GPT2,
         tokens: Any,
         masks: Any,
-        replacement: Replacement | None,
+        replacement: Replacement | list[Replacement] | None,
         metric: Any,
         chunk_size: Any = None,
         *,
@@ -181,10 +183,11 @@ class ResultsStore:
         devices: Any = None,
         mesh: Any = None,
         wait_timeout: float | None = None,
-    ) -> Float[np.ndarray, "n batch"]:
+    ) -> Float[np.ndarray, "*draws n batch"]:
         """`jaxablate.sweep` with its results committed under `key`, resuming what is there.
 
-        Arguments as `sweep`'s; key: the sweep's sub-folder; seed, ablation: recorded in the
+        Arguments as `sweep`'s (a list of D replacements: every mask under each draw, the
+        result `[D, N, batch]`, each file holding its masks' values under every draw); key: the sweep's sub-folder; seed, ablation: recorded in the
         manifest (ablation defaults to the replacement's kind); masks_per_file: masks per
         committed file (default 8 compute chunks). chunk_size defaults to the manifest's
         when resuming, else to the one `sweep` plans for the whole set (per device, times
@@ -201,6 +204,7 @@ class ResultsStore:
                                                          metric, chunk_size, memory_budget,
                                                          progress)
         batch = tokens.shape[0]
+        drawn = is_drawn(replacement)
         if masks_per_file is not None:
             check_int(masks_per_file, "masks_per_file", 1)
         n = len(mask_set)
@@ -208,12 +212,17 @@ class ResultsStore:
             "model": self._memo_digest(model, model_digest),
             "tokens": digest(tokens),
             "masks": masks_digest(mask_set),
-            "replacement": self._memo_digest(replacement, replacement_digest),
+            "replacement": (digest("draws", [self._memo_digest(r, replacement_digest)
+                                             for r in replacement]) if drawn
+                            else self._memo_digest(replacement, replacement_digest)),
             "metric": metric_digest(metric, tokens, model.cfg),
             "ablation": ablation if ablation is not None else
-            (None if replacement is None else replacement.kind),
+            (None if replacement is None else (replacement[0] if drawn else replacement).kind),
             "seed": seed, "reuse_prefix": bool(reuse_prefix), "n_masks": n, "batch": batch,
             "platform": jax.default_backend(), "versions": versions()}
+        if drawn:  # (only then: the manifests of earlier single-replacement stores still match)
+            inputs["draws"] = len(replacement)
+        lead = (len(replacement),) if drawn else ()  # a file: [(draws,) masks, batch]
         folder = self.folder / key
         old = self._read_manifest(folder)
         if old is not None:
@@ -227,7 +236,7 @@ class ResultsStore:
         if chunk_size is None:
             chunk_size = place.n_devices * planned_chunk_size(
                 model, tokens, mask_set, metric, reuse_prefix=reuse_prefix,
-                memory_budget=memory_budget)
+                memory_budget=memory_budget, draws=len(replacement) if drawn else 1)
         chunk_size = min(chunk_size, n)
         per_file = int(masks_per_file or chunk_size * CHUNKS_PER_FILE)
         chunk_size = min(chunk_size, per_file)  # files smaller than a chunk: smaller chunks
@@ -248,12 +257,12 @@ class ResultsStore:
         if world == 1:  # another host's file in flight is not ours to judge by pid
             remove_stale_tmp(folder)
 
-        out = np.empty((n, batch), np.float32)
+        out = np.empty(lead + (n, batch), np.float32)
         spans = [(i, lo, min(n, lo + per_file)) for i, lo in enumerate(range(0, n, per_file))]
         others = []  # files another process computes
         done = 0
         for i, lo, hi in spans:
-            values = read_chunk(folder, i, (hi - lo, batch))
+            values = read_chunk(folder, i, lead + (hi - lo, batch))
             if values is None and i % world != rank:
                 others.append((i, lo, hi))
                 continue
@@ -271,7 +280,7 @@ class ResultsStore:
         while others:
             waiting = []
             for i, lo, hi in others:
-                values = read_chunk(folder, i, (hi - lo, batch))
+                values = read_chunk(folder, i, lead + (hi - lo, batch))
                 if values is None:
                     waiting.append((i, lo, hi))
                 else:
@@ -291,7 +300,7 @@ class ResultsStore:
               folder: Path, progress: Callable[[int, int], None] | None, done: int) -> int:
         """Put a file's values in `out` (NaN/inf: an error naming the masks) and report
         progress; returns the masks done so far."""
-        out[lo:hi] = values
+        out[..., lo:hi, :] = values
         if not np.isfinite(values).all():
             raise NonFiniteMetricError(mask_set.names, values, offset=lo,
                                        where=f" (stored in {folder})")
@@ -330,7 +339,7 @@ class ResultsStore:
                                             seq_len=mask_set.seq_len,
                                             n_features=mask_set.n_features)
             part = concat([part, pad])  # the same kinds: the same compiled programs
-        if replacement is not None and replacement.per_mask:  # the part's masks' own values
+        if isinstance(replacement, Replacement) and replacement.per_mask:  # own values
             rows = np.concatenate([np.arange(lo, hi), np.full(size - (hi - lo), lo)])
             replacement = replacement.take(jnp.asarray(rows))
         report = None if progress is None else (
@@ -341,7 +350,7 @@ class ResultsStore:
                            memory_budget=memory_budget, devices=devices, mesh=mesh)
         except NonFiniteMetricError as error:  # committed first, reported by the caller
             values = error.values
-        return np.ascontiguousarray(values[: hi - lo], np.float32)
+        return np.ascontiguousarray(values[..., : hi - lo, :], np.float32)
 
     def _read_manifest(self, folder: Path) -> dict[str, Any] | None:
         path = folder / MANIFEST

@@ -178,6 +178,7 @@ class Study:
         self._draw_counts: np.ndarray | None = None  # resample draws' bootstrap weights
         self._cache: dict[Any, Any] = {}
         self._chunk: int | None = chunk_size
+        self.pairs_with_singles, self.pair_values = False, {}  # see steps.single_values
         self.devices, self.mesh = devices, mesh
         self._n_devices = placement(devices, mesh).n_devices  # checks them, before any work
         if store is not None and not isinstance(store, ResultsStore):
@@ -225,8 +226,7 @@ class Study:
         Sets smaller than the study's chunk size are padded with clean masks to a power of
         two, so the study compiles a handful of programs instead of one per set size.
         Masks that ablate nearly everything (circuit steps) start at layer 0 anyway: they run
-        with `reuse_prefix=False`, one program for every step, rather than sharing the odd
-        parent trajectory (a different program) depending on which candidates remain.
+        with `reuse_prefix=False`, one program for every step, not the odd parent trajectory.
         """
         if self._chunk is None:
             self._chunk = planned_chunk_size(self.model, self.tokens, self.single_masks,
@@ -238,26 +238,26 @@ class Study:
             # Components parsed once (names would be re-parsed for every mask).
             padded = [[self._parsed[c] for c in s] for s in sets] + [[]] * (size - n)
             mask_set = from_components(self.model.cfg, padded)
-        chunk = min(self._chunk * self._n_devices, len(mask_set))
+        drawn = self.replacements(ablation) if replacement is None else [replacement]
+        # Draws (resample) run in one sweep: a chunk of c masks does the work of c * draws.
+        chunk = min(max(1, self._chunk // len(drawn)) * self._n_devices, len(mask_set))
         report = None if self.progress is None else (
             lambda done, total: self.progress(step, done, total))
         tokens = self.tokens if tokens is None else tokens
-        drawn = self.replacements(ablation) if replacement is None else [replacement]
+        repl = drawn if len(drawn) > 1 else drawn[0]
         if self.store is None:
-            out = [sweep(self.model, tokens, mask_set, r, self.metric, chunk,
-                         progress=report, reuse_prefix=reuse_prefix, devices=self.devices,
-                         mesh=self.mesh)
-                   for r in drawn]
-        else:  # one stored sweep per draw, keyed by what it computes
-            tag = masks_digest(mask_set)[:12]
-            out = [self.store.sweep(self.model, tokens, mask_set, r, self.metric, chunk,
-                                    key=f"{step}-{ablation}-d{d}-{tag}", seed=self.seed,
-                                    ablation=optimal_step.store_ablation(self, ablation),
-                                    progress=report,
-                                    reuse_prefix=reuse_prefix, devices=self.devices,
-                                    mesh=self.mesh)
-                   for d, r in enumerate(drawn)]
-        return np.stack(out).astype(np.float64)[:, :n]
+            out = sweep(self.model, tokens, mask_set, repl, self.metric, chunk,
+                        progress=report, reuse_prefix=reuse_prefix, devices=self.devices,
+                        mesh=self.mesh)
+        else:  # one stored sweep, keyed by what it computes
+            tag = ("d0" if len(drawn) == 1 else f"draws{len(drawn)}") + "-" + masks_digest(
+                mask_set)[:12]
+            out = self.store.sweep(self.model, tokens, mask_set, repl, self.metric, chunk,
+                                   key=f"{step}-{ablation}-{tag}", seed=self.seed,
+                                   ablation=optimal_step.store_ablation(self, ablation),
+                                   progress=report, reuse_prefix=reuse_prefix,
+                                   devices=self.devices, mesh=self.mesh)
+        return (out if len(drawn) > 1 else out[None]).astype(np.float64)[:, :n]
 
     def effect_of(self, ablated: Float[np.ndarray, "*draws n batch"]
                 ) -> Float[np.ndarray, "*draws n batch"]:
@@ -308,7 +308,7 @@ class Study:
     def single_effects(self, ablation: str) -> tuple[Effects, Float[np.ndarray, "draws n"]]:
         """Effects (mean over draws per example) and the mean effect of each draw."""
         def compute() -> tuple[Effects, np.ndarray]:
-            per_draw = self.effect_of(self.sweep_sets(self.single_masks, ablation, "single"))
+            per_draw = self.effect_of(protocol_steps.single_values(self, ablation))
             return self.stats_of(per_draw), per_draw.mean(2)
         return self._cached(("single", ablation), compute)
 

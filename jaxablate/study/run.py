@@ -61,6 +61,9 @@ def run_steps(study: Study, *, fractions: Sequence[float], target: float | int,
              "interactions": lambda: study.interactions(top_k),
              "ablation_comparison": lambda: study.compare_ablations(types),
              "patching": study.patching}
+    # Every pair tested: the singles come from the pairs' sweep (their shared prefixes).
+    study.pairs_with_singles = ("interactions" in steps and not study.has_single(study.ablation)
+                                and study.interaction_top_k(top_k) == len(study.names))
     out: dict[str, Any] = {}
     seconds: dict[str, float] = {}
     for step in ("baseline", "single") + tuple(s for s in STEPS[2:] if s in steps):

@@ -50,6 +50,7 @@ from typing import TYPE_CHECKING, Any
 
 import jax
 import numpy as np
+from jaxtyping import Float
 
 from jaxablate.ablation.components import parse_component
 from jaxablate.ablation.replacements import mean_replacement, resample_replacement, zero_replacement
@@ -206,6 +207,23 @@ def minimal_circuit(study: Study, target: float | int, max_size: int | None,
                      "optimal_complement": complement_section(study, members, recovered)
                      if circuit_ablation == "optimal" else None})
 
+def single_values(study: Study, ablation: str) -> Float[np.ndarray, "draws n batch"]:
+    """The metric under each single component, per draw and example. When the study also
+    tests every pair under this ablation (`study.pairs_with_singles`, set by `run`), one
+    sweep of the singles and all pairs: a single head that is a pair's shared prefix (its
+    parent) is read off the parent's trajectory instead of run again, and the pairs' values
+    are kept in `study.pair_values` for `interactions`. Same numbers up to float32 rounding
+    (tests/test_study_shared.py)."""
+    if not (study.pairs_with_singles and ablation == study.ablation):
+        return study.sweep_sets(study.single_masks, ablation, "single")
+    n = len(study.names)
+    pairs = [[a, b] for a, b in itertools.combinations(study.names, 2)]
+    values = study.sweep_sets([[c] for c in study.names] + pairs, ablation,
+                              "single_interactions")
+    study.pair_values[ablation] = values[:, n:]
+    return values[:, :n]
+
+
 def interactions(study: Study, top_k: int | None) -> dict[str, Any]:
     """Joint ablation of every pair of the top-k components by importance, |effect| (a
     strongly negative component, e.g. a negative name mover, is tested too), listed in
@@ -215,7 +233,9 @@ def interactions(study: Study, top_k: int | None) -> dict[str, Any]:
     chosen = np.sort(np.argsort(-np.abs(e.mean), kind="stable")[:k])
     names = [study.names[i] for i in chosen]
     pairs = [[a, b] for a, b in itertools.combinations(names, 2)]
-    ablated = study.sweep_sets(pairs, study.ablation, "interactions")
+    ablated = (study.pair_values[study.ablation] if k == len(study.names)
+               and study.ablation in study.pair_values
+               else study.sweep_sets(pairs, study.ablation, "interactions"))
     joint = study.stats_of(study.effect_of(ablated))
     matrix, records = interaction_table(names, e.mean[chosen], e.no_effect[chosen], joint)
     return jsonable({"components": names, "matrix": matrix, "pairs": records})
