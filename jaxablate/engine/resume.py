@@ -47,7 +47,7 @@ def reattend(
     if queries is not None:
         z, resid_mid = z[queries], resid_mid[queries]
     delta = model.ablate_z(layer, z, mask, replacement, queries) - z
-    mid = resid_mid + model.matmul("she,hed->sd", delta, model.blocks.W_O[layer])
+    mid = resid_mid + model.matmul("she,hed->sd", delta, model.layer(layer).W_O)
     return model.ablate_mid(layer, mid, mask, replacement, queries)
 
 

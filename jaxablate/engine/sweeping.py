@@ -7,8 +7,14 @@ How it stays fast:
   * the start layer is data, and chunks have one fixed shape (the last is padded with
     keep-all masks), so a single program is compiled and reused for every group and chunk;
   * rows before a mask's first changed position stay clean (causal attention) and are not
-    recomputed: one more program per row start, at most `plan.ROW_GROUPS` of them whatever
-    the masks (the row start is rounded down), so masks still never recompile past those;
+    recomputed: one more program per row count, at most `len(plan.row_counts(seq))` of them
+    whatever the masks (the rows a mask needs are rounded up to one of a few sizes; a mask
+    at the last position computes one row), so masks still never recompile past those;
+  * masks touching several layers resume from a shared parent's trajectory (pairs i, j
+    share the parent {i}), and a mask that is itself a parent (the single i in a set of
+    singles and pairs) is read off that trajectory instead of run again;
+  * a list of D replacements (resample draws) runs as one more vmapped axis inside each
+    chunk: the clean pass, dispatch and compilation are shared by the draws;
   * logits are computed only at the positions the metric reads, and only for the token ids
     it reads when it declares them (a logit difference: two columns of the unembedding);
   * the chunk size is the one of least estimated cost (`schedule.py`) within a memory budget:
@@ -252,7 +258,8 @@ def sweep(
 
     columns, data = vocab_columns(metric, data)
     # Copied to every device once (a no-op on one device); the clean pass then runs on each.
-    model = place.replicate(model)
+    # A bfloat16 model's layers travel as bits: slicing them in the loop copies nothing.
+    model = place.replicate(model.with_weight_bits())
     shared = None if per_mask else place.replicate(
         stack_draws(check_draws(replacement)) if drawn else replacement)
     tokens_j, positions_j = place.replicate((jnp.asarray(tokens), jnp.asarray(positions)))

@@ -18,6 +18,7 @@ A mask field that is None skips its blend entirely; the mask is never structure 
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import equinox as eqx
 import jax
@@ -69,6 +70,24 @@ def _rows(queries):
     return lambda a: a if queries is None or a.shape[0] == 1 else a[queries]
 
 
+HALF = (jnp.bfloat16, jnp.float16)
+
+
+def _take(a: Array, index: Array, dtype: Any) -> Array:
+    """a[index] for a traced index (a layer, or token ids), moved as raw bits when `a` is a
+    16-bit float or holds one's bits (uint16, `GPT2.with_weight_bits`), returned as `dtype`.
+    XLA's CPU backend widens a bfloat16 array to float32 to slice it; inside the layer
+    loop, loop-invariant code motion then hoists that widening out and writes a float32
+    copy of every layer's weights on every call, work a float32 model does not do (it made
+    a bfloat16 sweep barely faster than a float32 one). Bits are sliced as they are."""
+    if a.dtype == jnp.uint16:
+        return jax.lax.bitcast_convert_type(a[index], dtype)
+    if a.dtype not in HALF:
+        return a[index]
+    bits = jax.lax.bitcast_convert_type(a, jnp.uint16)
+    return jax.lax.bitcast_convert_type(bits[index], a.dtype)
+
+
 def _blend(h, keep, r):
     # m * h + (1 - m) * r rather than r + m * (h - r): with m = 1 it returns h bit for bit.
     return keep * h + (1.0 - keep) * r
@@ -100,6 +119,27 @@ class GPT2(eqx.Module):
             spec, a.astype(self.dtype), b.astype(self.dtype), preferred_element_type=jnp.float32
         )
 
+    def layer(self, layer: Int[Array, ""]) -> Blocks:
+        """One layer's parameters (every `Blocks` field without its layer axis), in the
+        model's dtype."""
+        return jax.tree_util.tree_map(lambda a: _take(a, layer, self.dtype), self.blocks)
+
+    def with_weight_bits(self) -> GPT2:
+        """This model with its layers' 16-bit float weights held as their raw uint16 bits
+        (a float32 model comes back as it is). Read them only through `layer`: the sweep
+        passes such a model to its compiled calls so that slicing a layer inside the loop
+        copies no weights (see `_take`; even a bit view made inside the call is
+        materialised by XLA once per call).
+
+        Example:
+            >>> model.with_weight_bits().layer(jnp.int32(3)).W_in.dtype   # bfloat16
+        """
+        if self.dtype not in HALF:
+            return self
+        bits = jax.tree_util.tree_map(
+            lambda a: jax.lax.bitcast_convert_type(a, jnp.uint16), self.blocks)
+        return eqx.tree_at(lambda m: m.blocks, self, bits)
+
     def embed(self, tokens: Int[Array, " seq"]) -> Float[Array, "seq d_model"]:
         """Token plus position embedding: the residual stream entering layer 0."""
         pos = jnp.arange(tokens.shape[0])
@@ -112,7 +152,8 @@ class GPT2(eqx.Module):
         the whole vocabulary (n = vocab), or over the token ids `columns` only (a logit
         difference reads two of GPT-2's 50,257 columns)."""
         h = _layer_norm(x, self.lnf_w, self.lnf_b, self.cfg.layer_norm_eps)
-        return self.matmul("kd,vd->kv", h, self.wte if columns is None else self.wte[columns])
+        table = self.wte if columns is None else _take(self.wte, columns, self.dtype)
+        return self.matmul("kd,vd->kv", h, table)
 
     def enter(
         self,
@@ -189,7 +230,7 @@ class GPT2(eqx.Module):
         `prefix`: the keys and values (k, v) of positions 0 .. r-1, given; x then holds
         positions r .. seq-1 only (a sweep skipping rows that no mask changes). `queries`
         are always positions in the whole sequence."""
-        p = jax.tree_util.tree_map(lambda a: a[layer], self.blocks)
+        p = self.layer(layer)
         r = 0 if prefix is None else prefix[0].shape[0]
         seq = r + x.shape[0]
         if r and queries is None:
@@ -265,7 +306,7 @@ class GPT2(eqx.Module):
     ) -> tuple[Float[Array, "rows d_model"], Float[Array, "rows neuron"],
                Float[Array, "rows d_model"]]:
         """The MLP half of a block with points [3] and [4]: (new stream, post, mlp_out)."""
-        p = jax.tree_util.tree_map(lambda a: a[layer], self.blocks)
+        p = self.layer(layer)
         rows = _rows(queries)
         h = _layer_norm(x, p.ln2_w, p.ln2_b, self.cfg.layer_norm_eps)
         post = jax.nn.gelu(self.matmul("sd,dn->sn", h, p.W_in) + _f32(p.b_in), approximate=True)
