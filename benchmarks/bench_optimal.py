@@ -80,12 +80,13 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from bench_sweep import (
+from common import (
     RESULTS_DIR,
     SEQ_LEN,
     Timer,
-    _fmt_s,
+    banner,
     evenly_spaced,
+    fmt_s,
     machine_info,
     make_hf_model,
     make_prompts,
@@ -262,8 +263,8 @@ def markdown_table(rows: list[dict]) -> str:
     for row in rows:
         heads = f"{row['heads']:,}" + (f" ({row['heads_run']:,} run)" if row["extrapolated"]
                                        else "")
-        seconds = _fmt_s(row["seconds"]) + (" *" if row["extrapolated"] else "")
-        compile_s = "–" if row["compile_s"] is None else _fmt_s(row["compile_s"])
+        seconds = fmt_s(row["seconds"]) + (" *" if row["extrapolated"] else "")
+        compile_s = "–" if row["compile_s"] is None else fmt_s(row["compile_s"])
         lines.append(f"| {row['method']} | {heads} | {seconds} | {compile_s} "
                      f"| {row['head_steps_per_s']:,.2f} | {row['x_tl']:.1f} |")
     return "\n".join(lines)
@@ -280,13 +281,7 @@ def max_diff(a: np.ndarray, b: np.ndarray) -> float:
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     machine = machine_info()
-    print(f"# bench_optimal: {machine['date']}")
-    print(f"# {machine['cpu']}, {machine['cores_usable']} cores usable "
-          f"({machine['cores_visible']} visible), load {machine['load_average_1min']:.2f}, "
-          f"jax {machine['versions']['jax']} ({machine['jax_backend']}, default threads), "
-          f"torch {machine['versions']['torch']} ({machine['torch_threads']} threads, default), "
-          f"transformer-lens {machine['versions']['transformer-lens']}, jaxablate "
-          f"{machine['versions']['jaxablate']} @ {machine['git_commit']}", flush=True)
+    banner("bench_optimal", machine)
 
     dims = {"n_layer": args.layers, "n_head": args.heads, "n_embd": args.d_model,
             "n_inner": args.d_mlp, "vocab_size": args.vocab, "n_positions": args.n_ctx,

@@ -3,7 +3,7 @@
 What it measures
 ----------------
 The seeded random GPT-2 at GPT-2-small dimensions of `bench_sweep.py` (12 layers, 12 heads,
-d_model 768, vocab 50257; this script imports that one's helpers), loaded into jaxablate and
+d_model 768, vocab 50257; both scripts build it with `common.py`), loaded into jaxablate and
 into TransformerLens, and 8 random prompt pairs of 16 tokens (`--prompts`): the clean prompts
 and the corrupted ones are independent random tokens, and the metric is the logit difference
 of a random correct/wrong id pair per example at the last position, averaged over the batch.
@@ -80,14 +80,15 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
-from bench_sweep import (
+from common import (
     GPT2_SMALL,
     RESULTS_DIR,
     SEQ_LEN,
     TINY,
     Timer,
-    _fmt_s,
+    banner,
     compare,
+    fmt_s,
     machine_info,
     make_hf_model,
     make_prompts,
@@ -312,8 +313,8 @@ def markdown_table(rows: list[dict]) -> str:
     for row in rows:
         patches = f"{row['patches']:,}" + (f" ({row['patches_run']:,} run)"
                                            if row["extrapolated"] else "")
-        seconds = _fmt_s(row["seconds"]) + (" *" if row["extrapolated"] else "")
-        compile_s = "–" if row["compile_s"] is None else _fmt_s(row["compile_s"])
+        seconds = fmt_s(row["seconds"]) + (" *" if row["extrapolated"] else "")
+        compile_s = "–" if row["compile_s"] is None else fmt_s(row["compile_s"])
         lines.append(f"| {row['method']} | {patches} | {seconds} | {compile_s} "
                      f"| {row['patches_per_s']:,.1f} | {row['x_tl']:.1f} |")
     return "\n".join(lines)
@@ -327,13 +328,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     dims = TINY if args.small else GPT2_SMALL
     machine = machine_info()
-    print(f"# bench_patching{' (--small)' if args.small else ''}: {machine['date']}")
-    print(f"# {machine['cpu']}, {machine['cores_usable']} cores usable, load "
-          f"{machine['load_average_1min']:.2f}, jax {machine['versions']['jax']} "
-          f"({machine['jax_backend']}), torch {machine['versions']['torch']} "
-          f"({machine['torch_threads']} threads), transformer-lens "
-          f"{machine['versions']['transformer-lens']}, jaxablate "
-          f"{machine['versions']['jaxablate']} @ {machine['git_commit']}", flush=True)
+    banner("bench_patching", machine, " (--small)" if args.small else "")
 
     setup: dict[str, float] = {}
     print("setup:")
