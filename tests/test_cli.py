@@ -91,12 +91,31 @@ def write_prompts(path):
     return path
 
 
+class FakePlan:
+    """What the CLI reads of a `StudyPlan` (the real one needs a real Study)."""
+
+    seconds = upper_seconds = planning_s = 1.0
+
+    def lines(self):
+        return ["plan: FAKE", "estimated time: ~1 s"]
+
+    def progress_totals(self):
+        return {"single": 4, "cumulative": 2}
+
+    def bounded_labels(self):
+        return set()
+
+
 @pytest.fixture
 def fake_study(monkeypatch):
-    """Put FakeStudy where the CLI imports Study from."""
+    """Put FakeStudy where the CLI imports Study from (and a plan of it where the CLI
+    imports plan_study from)."""
     module = types.ModuleType("jaxablate.study.protocol")
     module.Study = FakeStudy
     monkeypatch.setitem(sys.modules, "jaxablate.study.protocol", module)
+    estimate = types.ModuleType("jaxablate.study.estimate")
+    estimate.plan_study = lambda study, **settings: FakePlan()
+    monkeypatch.setitem(sys.modules, "jaxablate.study.estimate", estimate)
     FakeStudy.calls = []
     return FakeStudy
 

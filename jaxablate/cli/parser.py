@@ -288,6 +288,11 @@ def build_parser() -> argparse.ArgumentParser:
     output.add_argument("--no-plots", action="store_true", help="skip the PNG figures")
     output.add_argument("--top", type=_positive_int, default=20, metavar="K",
                         help="rows of the printed ranked table (default: 20)")
+    output.add_argument("--dry-run", action="store_true",
+                        help="print the plan (every sweep: step, ablation, masks, draws) and "
+                             "its estimated time on this machine, and stop: nothing is swept, "
+                             "compiled or written (a run estimated at over a minute prints "
+                             "the plan before it starts anyway)")
     output.add_argument("--quiet", action="store_true", help="no progress bars")
     output.add_argument("--no-cache", action="store_true",
                         help="do not use the persistent compilation cache")

@@ -1,11 +1,13 @@
 """Running `jaxablate study` from its parsed arguments: check what can be checked from the
 model's config.json and the tokenizer before the weights load (a tokenizer too big for the
 vocabulary, neuron layers out of range), start the hosts (--distributed) and the compilation
-cache, load the model and the task, run the `Study` with progress bars on stderr, print the
-ranked table (or the JSON), write the report folder.
+cache, load the model and the task, plan the run (`jaxablate.study.estimate`: the plan is
+printed when the run is estimated at over LONG_RUN_S, its estimate in one line otherwise;
+--dry-run prints it and stops), run the `Study` with progress bars on stderr whose totals
+are the plan's, print the ranked table (or the JSON), write the report folder.
 
     run_study(args) -> exit status      args: `jaxablate.cli.options.build_parser().parse_args(...)`
-    ProgressBars(enabled)               the Study's progress callback: one tqdm bar per step
+    ProgressBars(enabled, planned)      the Study's progress callback: one tqdm bar per step
 
 `Study` is imported from `jaxablate.study` when the run starts, so a stand-in placed in
 `sys.modules` (the tests' fake Study) is the one used.
@@ -38,17 +40,33 @@ from jaxablate.cli.options import (
 
 
 class ProgressBars:
-    """A Study progress callback `(step, done, total)`: one tqdm bar on stderr per step, which
-    grows by each further sweep of the same step (the circuit search runs one per member).
-    Silent when disabled; a plain "step: n ablations" line per step without tqdm."""
+    """A Study progress callback `(step, done, total)`: one tqdm bar on stderr per progress
+    label (the study's step, or a part of one: "all_ablated", "minimality", "optimal fit"),
+    with an ETA. With the plan's totals (`planned`, label -> the planned sum of its sweeps'
+    totals, `StudyPlan.progress_totals`) a bar's total is the step's whole planned work from
+    its first chunk on, whatever the number of sweeps (resample's draws, the comparison's
+    ablation types, the circuit's greedy steps): it never grows. Where the plan is an upper
+    bound (`bounded` labels: the circuit's) the bar ends at the work done; a label that
+    comes back after another (the comparison after its optimal fit) gets the rest of its
+    plan. A label the plan does not know gets the total of its first sweep, grown by each
+    further one. Silent when disabled; a plain "step: n ablations" line per step without
+    tqdm.
 
-    def __init__(self, enabled: bool = True):
+    A further sweep of the same label is recognised by its counts: its `done` starts again
+    (below the last one), its total differs, or the last sweep had finished.
+    """
+
+    def __init__(self, enabled: bool = True, planned: dict[str, int] | None = None,
+                 bounded: Any = ()):
         self.enabled = enabled
+        self.planned = dict(planned or {})
+        self.bounded = set(bounded)  # labels whose planned total is an upper bound
         self.bar: Any = None
         self.step = ""
         self.done = 0  # within the current sweep
         self.total = 0  # of the current sweep
-        self.count = 0  # ablations of the current step so far
+        self.count = 0  # ablations of the current bar so far
+        self.base = 0  # ablations of the current bar's earlier sweeps
 
     def __call__(self, step: str, done: int | np.integer, total: int | np.integer) -> None:
         if not self.enabled:
@@ -56,18 +74,17 @@ class ProgressBars:
         done, total = int(done), int(total)
         if step != self.step or self.bar is None:
             self.close()
-            self.bar = self._new(step, total)
-            self.step, self.done, self.total, self.count = step, 0, total, 0
-        elif self.done >= self.total or done <= self.done or total != self.total:
-            # the next sweep of the same step
-            if self.bar:
-                self.bar.total += total
-                self.bar.refresh()
-            self.done, self.total = 0, total
+            self.step, self.done, self.total, self.count, self.base = step, 0, total, 0, 0
+            self.bar = self._new(step, max(self.planned.get(step, 0), total))
+        elif self.done >= self.total or done < self.done or total != self.total:
+            self.base, self.done, self.total = self.base + self.done, 0, total  # next sweep
+        count = self.base + done
+        if self.bar and count > self.bar.total:  # more than planned (or not planned)
+            self.bar.total = count + (total - done)
+            self.bar.refresh()
         if self.bar:
-            self.bar.update(done - self.done)
-        self.count += done - self.done
-        self.done = done
+            self.bar.update(count - self.count)
+        self.count, self.done = count, done
 
     def _new(self, step: str, total: int) -> Any:
         try:
@@ -78,7 +95,12 @@ class ProgressBars:
                     dynamic_ncols=True)
 
     def close(self) -> None:
+        if self.step in self.planned:  # what is left of the label's plan, if it comes back
+            self.planned[self.step] = max(0, self.planned[self.step] - self.count)
         if self.bar:
+            if self.step in self.bounded and self.bar.n < self.bar.total:
+                self.bar.total = self.bar.n  # an upper bound: the work that was needed
+                self.bar.refresh()
             self.bar.close()
         elif self.bar is False:
             print(f"{self.step}: {self.count} ablations", file=sys.stderr)
@@ -97,6 +119,7 @@ def _enable_compilation_cache() -> None:
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
 
 
+LONG_RUN_S = 60  # a run estimated at more than this prints its plan before it starts
 GPT2_VOCAB = 50257  # ids of GPT-2's BPE tokenizer (the bundled one), end-of-text included
 
 
@@ -219,7 +242,7 @@ def run_study(args: argparse.Namespace) -> int:
     early_cfg, tokenizer = _prepare(args)
     if args.distributed:
         _start_distributed(args)
-    if not args.no_cache:
+    if not args.no_cache and not args.dry_run:
         _enable_compilation_cache()
     import jax
 
@@ -255,17 +278,25 @@ def run_study(args: argparse.Namespace) -> int:
         # A damaged stored file is one line on stderr (it is recomputed), not a warning dump.
         warnings.simplefilter("always", StoreWarning)
         warnings.showwarning = _show_warning
+        # --dry-run writes nothing: no store (nor --overwrite emptying one).
         study = Study(model, task, ablation=args.ablation, components=args.components,
                       neuron_layers=args.neuron_layers, threshold=args.threshold,
                       seed=args.seed, progress=progress, model_name=args.model,
-                      store=Path(args.out) / "sweeps", overwrite=args.overwrite,
+                      store=None if args.dry_run else Path(args.out) / "sweeps",
+                      overwrite=args.overwrite and not args.dry_run,
                       chunk_size=args.chunk_size, devices=args.devices, **oa)
         steps = ("baseline", "single") + tuple(s for s in OPTIONAL_STEPS if s not in args.skip)
         steps += ("patching",) if args.patching else ()
-        result = study.run(target=args.target, top_k=args.interaction_top_k, steps=steps,
-                           screen_method=args.screen, screen_steps=args.ig_steps,
-                           screen_top_k=args.screen_top_k, types=ABLATIONS,
-                           circuit_ablation=args.circuit_ablation)
+        settings = {"target": args.target, "top_k": args.interaction_top_k, "steps": steps,
+                    "screen_method": args.screen, "screen_steps": args.ig_steps,
+                    "screen_top_k": args.screen_top_k, "types": ABLATIONS,
+                    "circuit_ablation": args.circuit_ablation}
+        plan = _print_plan(study, settings, args, say)
+        if args.dry_run:
+            say(f"--dry-run: nothing was run (the plan took {plan.planning_s:.1f} s)")
+            return 0
+        progress.planned, progress.bounded = plan.progress_totals(), plan.bounded_labels()
+        result = study.run(**settings)
     data = result.to_dict()
     if jax.process_index() > 0:  # every host has the whole result; one writes the report
         say(f"process {jax.process_index()} of {jax.process_count()}: done; process 0 "
@@ -287,6 +318,22 @@ def run_study(args: argparse.Namespace) -> int:
     say(f"report: {Path(folder) / 'summary.md'} (study.json, tables"
         f"{'' if args.no_plots else ', figures'}) in {time.perf_counter() - start:.1f} s")
     return 0
+
+
+def _print_plan(study: Any, settings: dict[str, Any], args: argparse.Namespace,
+                say: Any) -> Any:
+    """The study's plan (`jaxablate.study.estimate.plan_study`, with `Study.run`'s
+    `settings`): printed in full with --dry-run or when the run is estimated at over
+    LONG_RUN_S, else its estimate in one line. Returns the `StudyPlan`."""
+    from jaxablate.study.estimate import plan_study
+
+    plan = plan_study(study, chunk_size=args.chunk_size, **settings)
+    if args.dry_run or plan.upper_seconds > LONG_RUN_S:
+        for line in plan.lines():
+            say(line)
+    else:
+        say(plan.lines()[-1] + " (--dry-run prints the plan)")
+    return plan
 
 
 def _start_distributed(args: argparse.Namespace) -> None:

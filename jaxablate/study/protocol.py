@@ -78,6 +78,7 @@ from jaxablate.store.digest import masks_digest
 from jaxablate.store.results import ResultsStore
 from jaxablate.study import optimal as optimal_step
 from jaxablate.study import patching as patching_step
+from jaxablate.study import progress as study_progress
 from jaxablate.study import run as study_run
 from jaxablate.study import steps as protocol_steps
 from jaxablate.study.checks import (  # noqa: F401  (STEPS, DEFAULT_STEPS: re-exported)
@@ -241,8 +242,7 @@ class Study:
         drawn = self.replacements(ablation) if replacement is None else [replacement]
         # Draws (resample) run in one sweep: a chunk of c masks does the work of c * draws.
         chunk = min(max(1, self._chunk // len(drawn)) * self._n_devices, len(mask_set))
-        report = None if self.progress is None else (
-            lambda done, total: self.progress(step, done, total))
+        report = study_progress.sweep_reporter(self, step, ablation)
         tokens = self.tokens if tokens is None else tokens
         repl = drawn if len(drawn) > 1 else drawn[0]
         if self.store is None:
