@@ -109,8 +109,10 @@ class MaskSet:
     def __repr__(self) -> str:
         return f"MaskSet(n={len(self)}, kinds={self.kinds}, first={self.names[:3]})"
 
-    def materialize(self, idx: Sequence[int] | np.ndarray) -> Mask:
-        """Dense stacked `Mask` for masks `idx` (float32, leading axis len(idx))."""
+    def materialize(self, idx: Sequence[int] | np.ndarray, size: int | None = None) -> Mask:
+        """Dense stacked `Mask` for masks `idx` (float32, leading axis len(idx)), padded
+        with keep-all masks to `size` when given (on the host: a sweep's last, partial
+        chunk then compiles nothing of its own)."""
         idx = np.asarray(idx, np.int64)
         where = np.full(len(self), -1, np.int64)
         where[idx] = np.arange(len(idx))
@@ -118,7 +120,7 @@ class MaskSet:
         fields = {}
         for kind in self.kinds:
             mask_id, index, weight = self.entries_of(kind)
-            dense = np.ones((len(idx),) + shapes[kind], np.float32)
+            dense = np.ones((max(len(idx), size or 0),) + shapes[kind], np.float32)
             rows = where[mask_id]
             keep = rows >= 0
             dense[(rows[keep],) + tuple(index[keep].T)] = weight[keep]

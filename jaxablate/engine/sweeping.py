@@ -139,16 +139,6 @@ def _run_trajectories(model, resid, attended, start, masks, replacement, drawn=F
                                                                  replacement)
 
 
-def _pad(tree: Any, size: int, fill: float = 1.0) -> Any:
-    """Pad every leaf's leading axis to `size` (keep-all masks, or zeros for streams); the
-    results of padding are dropped."""
-    def pad(a):
-        extra = size - a.shape[0]
-        return a if extra == 0 else jnp.concatenate(
-            [a, jnp.full((extra,) + a.shape[1:], fill, a.dtype)])
-    return jax.tree_util.tree_map(pad, tree)
-
-
 def check_sweep(model: GPT2, tokens: Any, masks: MaskSet | Mask, replacement: Any,
                 metric: Any, chunk_size: Any, memory_budget: int | None,
                 progress: Any = None
@@ -278,12 +268,13 @@ def sweep(
     def run(idx: np.ndarray, start: int, x0: jax.Array, att: Any, prefix: Any = None
             ) -> None:
         nonlocal done
-        chunk = place.split(_pad(mask_set.materialize(idx), chunk_size))
+        chunk = place.split(mask_set.materialize(idx, chunk_size))
         if x0.ndim > 3:  # one stream per mask (resumed from its parent's)
             x0, att = place.split((x0, att))
-        # Per-mask values travel with their masks (padding masks keep all: any values do).
+        # Per-mask values travel with their masks (padding masks keep all: any values do,
+        # here mask 0's).
         repl = shared if not per_mask else place.split(
-            _pad(replacement.take(jnp.asarray(idx)), chunk_size, 0.0))
+            replacement.take(jnp.asarray(np.pad(idx, (0, chunk_size - len(idx))))))
         values = _run_chunk(model, x0, att, jnp.int32(start), chunk, repl, tokens_j,
                             positions_j, columns_j, clean, data_j, metric.score, chunk_size,
                             prefix, drawn)
@@ -314,7 +305,7 @@ def sweep(
         local = np.full(len(parents), -1, np.int64)
         local[p_idx] = np.arange(len(p_idx))
         traj = _run_trajectories(model, resid, attended, jnp.int32(p_first[p_idx[0]]),
-                                 place.split(_pad(parents.materialize(p_idx), block)),
+                                 place.split(parents.materialize(p_idx, block)),
                                  shared, drawn)
         traj_resid, traj_att = traj if attended is not None else (traj, None)
         for k in range(0, len(kids), chunk_size):
