@@ -176,7 +176,32 @@ def make_setup(index):
     return cfg, model, tokens, correct, wrong, repl
 
 
-@pytest.fixture(scope="module", params=range(len(CONFIGS)), ids=lambda i: f"{CONFIGS[i][0]}L")
+CONFIG_IDS = [f"{spec[0]}L" for spec in CONFIGS]
+
+
+def across_configs(name, pairs, labels=None):
+    """Parametrize `setup` (a config index) and `name` together over the (config, value)
+    `pairs`, not every value on every config: each (config, value) pair compiles programs of
+    its own, which is where these tests spend their time. What depends on the depth (resume
+    layers, chunks straddling layers, parents) runs on every config, with one value or
+    another; what depends on the value (how a replacement broadcasts, what a metric reads)
+    runs with every value, on one config or more."""
+    return pytest.mark.parametrize(
+        ("setup", name), pairs, indirect=["setup"], scope="module",
+        ids=[f"{CONFIG_IDS[i]}-{(labels or {}).get(value, value)}" for i, value in pairs])
+
+
+# A replacement of shared values beside one of per-example values (or shared and broadcast):
+# the first on 3 and 5 layers, the second on 4 and 5.
+def both_on_the_deepest(a, b):
+    return [(0, a), (1, b), (2, a), (2, b)]
+
+
+# Three metrics, one per config: the metric reads the logits the same way at any depth.
+METRIC_PER_CONFIG = [(0, "logit_diff"), (1, "loss"), (2, "kl_to_clean")]
+
+
+@pytest.fixture(scope="module", params=range(len(CONFIGS)), ids=CONFIG_IDS)
 def setup(request):
     yield make_setup(request.param)
     jax.clear_caches()  # each config compiles its own programs (see conftest)
@@ -222,7 +247,7 @@ def check(setup, monkeypatch, mask_set, repl_name, metric_name, chunk_size, expe
 # Masks touching one layer each: own chunks, resumed from the clean stream.
 
 
-@pytest.mark.parametrize("repl_name", ["random", "resample"])
+@across_configs("repl_name", both_on_the_deepest("random", "resample"))
 def test_single_heads_attention_reuse_straddling_chunks(setup, monkeypatch, repl_name):
     cfg = setup[0]
     rng = np.random.default_rng(1)
@@ -233,7 +258,7 @@ def test_single_heads_attention_reuse_straddling_chunks(setup, monkeypatch, repl
     assert len(starts) > 1
 
 
-@pytest.mark.parametrize("metric_name", ["logit_diff", "loss", "kl_to_clean"])
+@across_configs("metric_name", METRIC_PER_CONFIG)
 def test_single_components_of_every_kind(setup, monkeypatch, metric_name):
     cfg = setup[0]
     rng = np.random.default_rng(2)
@@ -254,7 +279,7 @@ def test_single_components_without_positions_reuse_attention(setup, monkeypatch)
 # Masks touching several layers: parents' trajectories, children resumed from them.
 
 
-@pytest.mark.parametrize("repl_name", ["random", "resample"])
+@across_configs("repl_name", both_on_the_deepest("random", "resample"))
 def test_head_pairs_fractional_parents_with_attention_reuse(setup, monkeypatch, repl_name):
     cfg = setup[0]
     # The issue's reproduction: one keep-weight for every head of every pair.
@@ -317,7 +342,11 @@ def test_triples_across_three_layers(setup, monkeypatch):
 # Random mixed sets (hypothesis): own chunks and parents together, any chunk size.
 
 
-@settings(max_examples=6, deadline=None, database=None,
+# Each example compiles programs of its own shapes (~10 s on 2 cores). Every path these sets
+# combine has its deterministic test above (own chunks straddling layers, parents with and
+# without attention reuse, shared and per-example values, every kind), so 3 examples per
+# config (9 in all) look for combinations those miss.
+@settings(max_examples=3, deadline=None, database=None,
           suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
 @given(data=st.data())
 def test_random_mixed_sets_equal_loop(setup, monkeypatch, data):
@@ -397,7 +426,7 @@ def patch_kind_set(cfg, rng, reattending, kinds=None):
     return weighted_set(cfg, groups, rng)
 
 
-@pytest.mark.parametrize("repl_name", ["random", "patch"])  # shared and per-example values
+@across_configs("repl_name", both_on_the_deepest("random", "patch"))  # shared, per-example
 def test_patch_kinds_with_qkv_never_reuse_attention(setup, monkeypatch, repl_name):
     cfg = setup[0]
     ms = patch_kind_set(cfg, np.random.default_rng(20), reattending=False)
@@ -408,7 +437,7 @@ def test_patch_kinds_with_qkv_never_reuse_attention(setup, monkeypatch, repl_nam
     assert starts - {cfg.n_layers} == set(range(cfg.n_layers))
 
 
-@pytest.mark.parametrize("repl_name", ["patch", "zero"])  # per-example, and seq 1 broadcast
+@across_configs("repl_name", both_on_the_deepest("patch", "zero"))  # per-example, seq 1
 def test_mid_and_mlp_positions_reuse_attention(setup, monkeypatch, repl_name):
     cfg = setup[0]
     ms = patch_kind_set(cfg, np.random.default_rng(21), reattending=True)
@@ -469,7 +498,9 @@ def test_patch_kinds_order_invariance(setup, reattending):
     np.testing.assert_allclose(again, got[perm], rtol=0, atol=ATOL)
 
 
-@settings(max_examples=4, deadline=None, database=None,
+# 2 examples per config (6 in all), as above: the patching kinds' paths have their
+# deterministic tests above and on the 4-layer model below.
+@settings(max_examples=2, deadline=None, database=None,
           suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
 @given(data=st.data())
 def test_random_sets_with_patch_kinds_equal_loop(setup, monkeypatch, data):

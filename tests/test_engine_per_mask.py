@@ -16,8 +16,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from test_engine_paths import (ATOL, Recorder, components, ja_metric, make_setup, np_metric,
-                               weighted_set)
+from test_engine_paths import (ATOL, METRIC_PER_CONFIG, Recorder, across_configs,
+                               both_on_the_deepest, components, ja_metric, make_setup,
+                               np_metric, weighted_set)
 
 import jaxablate
 from jaxablate import masks, metrics
@@ -75,7 +76,10 @@ def check(setup, monkeypatch, mask_set, replacement, metric_name, chunk_size):
     return recorder
 
 
-@pytest.mark.parametrize("seq_axis", [None, 1], ids=["per-position", "one-over-positions"])
+# Values per position on 3 and 5 layers, one over positions on 4 and 5 (test_engine_paths's
+# across_configs: each (config, values) pair compiles its own programs).
+@across_configs("seq_axis", both_on_the_deepest(None, 1),
+                {None: "per-position", 1: "one-over-positions"})
 def test_single_heads_reuse_attention_in_straddling_chunks(setup, monkeypatch, seq_axis):
     cfg, seq = setup[0], setup[2].shape[1]
     rng = np.random.default_rng(1)
@@ -86,7 +90,7 @@ def test_single_heads_reuse_attention_in_straddling_chunks(setup, monkeypatch, s
     assert len({c["start"] for c in recorder.chunks}) > 1  # chunks resumed at several layers
 
 
-@pytest.mark.parametrize("metric_name", ["logit_diff", "loss", "kl_to_clean"])
+@across_configs("metric_name", METRIC_PER_CONFIG)  # one metric per config
 def test_every_kind_with_row_skipping(setup, monkeypatch, metric_name):
     cfg, seq = setup[0], setup[2].shape[1]
     rng = np.random.default_rng(2)
