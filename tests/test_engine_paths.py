@@ -433,8 +433,11 @@ def test_patch_kinds_with_qkv_never_reuse_attention(setup, monkeypatch, repl_nam
     assert set(ms.kinds) == set(REATTENDING + QKV)  # q, k, v alone turn attention reuse off
     starts = check(setup, monkeypatch, ms, repl_name, "logit_diff", CHUNK,
                    expect=[(False, False), (True, False)], reuse_attention=False)
-    # Every layer, and n_layers: singles that are some pair's parent are served by it.
-    assert starts - {cfg.n_layers} == set(range(cfg.n_layers))
+    # Chunks resumed at (nearly) every layer. A single that is some pair's parent is served
+    # by the parent's trajectory (a chunk at n_layers), so a layer whose own masks are all
+    # served may start no chunk of its own.
+    assert starts <= set(range(cfg.n_layers + 1))
+    assert len(starts - {cfg.n_layers}) >= cfg.n_layers - 1, starts
 
 
 @across_configs("repl_name", both_on_the_deepest("patch", "zero"))  # per-example, seq 1
@@ -444,8 +447,11 @@ def test_mid_and_mlp_positions_reuse_attention(setup, monkeypatch, repl_name):
     assert set(ms.kinds) == set(REATTENDING)
     starts = check(setup, monkeypatch, ms, repl_name, "logit_diff", CHUNK,
                    expect=[(False, True), (True, True)], reuse_attention=True)
-    # Every layer, and n_layers: singles that are some pair's parent are served by it.
-    assert starts - {cfg.n_layers} == set(range(cfg.n_layers))
+    # Chunks resumed at (nearly) every layer. A single that is some pair's parent is served
+    # by the parent's trajectory (a chunk at n_layers), so a layer whose own masks are all
+    # served may start no chunk of its own.
+    assert starts <= set(range(cfg.n_layers + 1))
+    assert len(starts - {cfg.n_layers}) >= cfg.n_layers - 1, starts
 
 
 # The narrower cases run on the 4-layer model only (setup4), each in one chunk size.
