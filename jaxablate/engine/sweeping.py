@@ -251,7 +251,7 @@ def sweep(
     # A bfloat16 model's layers travel as bits: slicing them in the loop copies nothing.
     model = place.replicate(model.with_weight_bits())
     shared = None if per_mask else place.replicate(
-        stack_draws(check_draws(replacement)) if drawn else replacement)
+        stack_draws(list(replacement)) if drawn else replacement)  # checked above
     tokens_j, positions_j = place.replicate((jnp.asarray(tokens), jnp.asarray(positions)))
     columns_j = None if columns is None else place.replicate(jnp.asarray(columns))
     data_j = place.replicate({k: jnp.asarray(v) for k, v in data.items()})
