@@ -188,7 +188,7 @@ def sweep(
     model: GPT2,
     tokens: Any,
     masks: MaskSet | Mask,
-    replacement: Replacement | list[Replacement] | None,
+    replacement: Replacement | list[Any] | None,  # a list: draws, checked by check_draws
     metric: Any,
     chunk_size: int | np.integer | None = None,
     *,
