@@ -16,7 +16,7 @@ from test_report import BASELINE, synthetic_result
 import jaxablate
 from jaxablate.report import files as report
 from jaxablate.cli.command import main
-from jaxablate.cli.run import ProgressBars
+from jaxablate.engine.bars import ProgressBars
 from jaxablate.errors import InputError
 from jaxablate.report.files import REPORT_MARKER, write_report
 
@@ -24,7 +24,7 @@ STUDY_OPTIONS = ("--model", "--task", "--prompts", "--tokenizer", "--template", 
                  "--ablation", "--components", "--neuron-layers", "--seed", "--threshold",
                  "--out", "--json", "--no-plots", "--top", "--quiet", "--no-cache", "--screen",
                  "--ig-steps", "--screen-top-k", "--devices", "--distributed", "--coordinator",
-                 "--num-processes", "--process-id")
+                 "--num-processes", "--process-id", "--compare", "--dry-run")
 
 
 class FakeResult:
@@ -95,6 +95,7 @@ class FakePlan:
     """What the CLI reads of a `StudyPlan` (the real one needs a real Study)."""
 
     seconds = upper_seconds = planning_s = 1.0
+    steps: list = []  # no optimal fit in the plan: the comparison keeps its four types
 
     def lines(self):
         return ["plan: FAKE", "estimated time: ~1 s"]
@@ -141,6 +142,10 @@ def test_help_names_the_command_and_its_options(capsys):
     (["study", "--neuron-layers", "a,b"], "comma-separated layer numbers"),
     (["study", "--skip", "everything"], "unknown step 'everything'"),
     (["study", "--screen", "shap"], "invalid choice: 'shap'"),
+    (["study", "--compare", "zero,half"], "unknown ablation type 'half'"),
+    (["study", "--compare", "mean"], "two or more ablation types"),
+    (["study", "--compare", "zero,mean", "--skip", "comparison"], "--skip leaves out"),
+    (["study", "--compare", "zero,mean", "--oa-steps", "5"], "--oa-steps applies only"),
     (["study", "--ig-steps", "0"], "expected a number >= 1"),
     (["study", "--devices", "0"], "expected a number >= 1"),
     (["study", "--coordinator", "localhost:1"], "go with --distributed"),

@@ -15,8 +15,8 @@ import pytest
 import jaxablate as ja
 from jaxablate.cli import run as cli_run
 from jaxablate.cli.command import main
-from jaxablate.cli.run import ProgressBars
-from jaxablate.study import protocol
+from jaxablate.engine.bars import ProgressBars
+from jaxablate.study import estimate, protocol
 from jaxablate.study.estimate import duration, plan_study
 from jaxablate.study.planner import assumed_size
 from jaxablate.study.progress import sweep_reporter
@@ -140,6 +140,43 @@ def test_a_progress_bar_keeps_the_planned_total_over_several_sweeps(capsys):
     assert (unplanned.bar.total, unplanned.bar.n) == (6, 6)
 
 
+def test_progress_true_gives_bars_whose_totals_are_the_plans(tiny_model, monkeypatch, capsys):
+    seen: list = []
+    call = ProgressBars.__call__
+
+    def recorded(self, step, done, total):
+        call(self, step, done, total)
+        seen.append((step, self.bar.total, self.bar.n))
+
+    monkeypatch.setattr(ProgressBars, "__call__", recorded)
+    task = induction(4, half=4, vocab=tiny_model.cfg.d_vocab, seed=0)
+    study = protocol.Study(tiny_model, task, ablation="mean", progress=True, chunk_size=2)
+    assert isinstance(study.progress, ProgressBars)
+    steps = ("baseline", "single", "cumulative", "ablation_comparison")
+    study.run(steps=steps, types=("zero", "mean"), fractions=(0.5, 1.0))
+    by_label: dict[str, list] = {}
+    for label, total, n in seen:
+        by_label.setdefault(label, []).append((total, n))
+    assert {"single", "cumulative", "comparison"} <= set(by_label), by_label
+    for label, states in by_label.items():
+        assert len({total for total, _ in states}) == 1, (label, states)  # never grows
+        assert states[-1][0] == states[-1][1], (label, states)  # ends full
+    assert any(n < total for states in by_label.values() for total, n in states)  # chunks
+    err = capsys.readouterr().err
+    assert "single: 100%" in err and "comparison: 100%" in err, err
+    assert study.progress.bar is None  # the run closed its last bar
+
+    masks = ja.masks.single_heads(tiny_model.cfg)
+    metric = ja.metrics.logit_diff(np.ones(4, int), np.zeros(4, int))
+    out = ja.sweep(tiny_model, task.tokens, masks, ja.zero_replacement(tiny_model), metric,
+                   chunk_size=2, progress=True)
+    assert out.shape == (len(masks), 4)
+    assert seen[-1] == ("sweep", len(masks), len(masks))
+    assert f"sweep: 100%" in capsys.readouterr().err
+    with pytest.raises(ja.InputTypeError, match="expected True"):
+        protocol.Study(tiny_model, task, progress="yes")
+
+
 def test_each_sweep_reports_each_count_once_under_its_steps_label(tiny_model):
     calls = []
     task = induction(4, half=4, vocab=tiny_model.cfg.d_vocab, seed=0)
@@ -207,6 +244,42 @@ def test_dry_run_prints_the_plan_and_runs_nothing(tmp_path, monkeypatch, capsys)
     engine_programs = ("_run_chunk", "_clean_pass", "_run_trajectories", "_forward",
                        "_attribute_chunk", "damage_and_grad")
     assert not [f for f in compiled if any(p in f for p in engine_programs)], compiled
+
+
+@pytest.mark.parametrize("budget_s, extra, optimal", [
+    (1e9, [], True),  # the fit is cheap: the default compares all four types
+    (0, [], False),  # over budget: optimal left out, a line says why
+    (0, ["--compare", "zero,mean,resample,optimal"], True),  # asked for, whatever it costs
+    (0, ["--oa-steps", "3"], True),  # an --oa-* option asks for it too
+    (1e9, ["--compare", "zero,mean"], False),
+], ids=["cheap", "over-budget", "compare", "oa-steps", "compare-two"])
+def test_the_comparison_leaves_an_expensive_optimal_fit_out_unless_asked(
+        budget_s, extra, optimal, tmp_path, tiny_dir, monkeypatch, capsys):
+    _forbid_work(monkeypatch)
+    monkeypatch.setattr(cli_run, "OA_COMPARE_BUDGET_S", budget_s)
+    plans = []
+    plan_study = estimate.plan_study
+
+    def recorded(study, **kwargs):
+        plans.append((kwargs["types"], plan_study(study, **kwargs)))
+        return plans[-1][1]
+
+    monkeypatch.setattr(estimate, "plan_study", recorded)
+    argv = ["study", "--model", str(tiny_dir), "--n-prompts", "4", "--dry-run", "--skip",
+            "screening,cumulative,circuit,interactions", "--out", str(tmp_path / "r"),
+            "--no-cache", *extra]
+    assert main(argv) == 0
+    printed = capsys.readouterr().out
+    types, plan = plans[-1]  # the plan that was printed
+    fit = [what for step in plan.steps for what, _ in step.other if "optimal fit" in what]
+    assert ("optimal" in types) == optimal == bool(fit), (types, fit)
+    comparison = next(s for s in plan.steps if s.name == "ablation_comparison")
+    assert [s.ablation for s in comparison.sweeps if s.label == "comparison"] == [
+        t for t in types if t != "mean"], comparison.sweeps  # mean is the study's own
+    line = next(x for x in printed.splitlines() if x.startswith("comparison:"))
+    assert line.startswith("comparison: " + ", ".join(types)), line
+    assert ("optimal left out" in line) == (not optimal and not extra), line
+    assert ("optimal constants" in printed) == optimal, printed
 
 
 def test_a_long_run_prints_its_plan_before_it_starts(tmp_path, tiny_dir, monkeypatch,

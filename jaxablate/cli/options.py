@@ -9,7 +9,8 @@ not there, all refused before any work (`check_options`); the parser is
     settings_from_options(args)   the options as the meta keys of the report folder's
                                   fingerprint (`jaxablate.report.report_fingerprint`)
     oa_settings(args)             the Study's oa_steps, oa_lr, oa_objective
-    uses_optimal(args)            whether the run fits optimal constants
+    uses_optimal(args)            whether the run may fit optimal constants
+    asks_for_optimal(args)        whether the options ask for them whatever they cost
 """
 
 from __future__ import annotations
@@ -22,12 +23,14 @@ from pathlib import Path
 from typing import Any
 
 from jaxablate.cli.parser import (  # noqa: F401  (re-exported: the parser and its constants)
+    ABLATION_TYPES,
     COMPONENT_KINDS,
     DEFAULT_N_PROMPTS,
     DEFAULT_OA_LR,
     DEFAULT_OA_OBJECTIVE,
     DEFAULT_OA_STEPS,
     INDUCTION_HALF,
+    OA_COMPARE_BUDGET_S,
     OA_OBJECTIVES,
     OPT_IN_STEPS,
     OPTIONAL_STEPS,
@@ -68,12 +71,14 @@ def check_options(args: argparse.Namespace) -> None:
     if args.circuit_ablation != "same" and "circuit" in args.skip:
         raise UsageError("--circuit-ablation applies to the circuit step, which --skip "
                          "leaves out")
+    if args.compare is not None and "ablation_comparison" in args.skip:
+        raise UsageError("--compare sets the comparison step's types, which --skip leaves out")
     given = [flag for flag, value in (("--oa-steps", args.oa_steps), ("--oa-lr", args.oa_lr),
                                       ("--oa-objective", args.oa_objective)) if value is not None]
     if given and not uses_optimal(args):
         raise UsageError(f"{given[0]} applies only when optimal ablation runs: --ablation "
-                         "optimal, the comparison step (not in --skip) or --circuit-ablation "
-                         "optimal")
+                         "optimal, the comparison step (not in --skip) with optimal among "
+                         "its --compare types, or --circuit-ablation optimal")
     if os.path.exists(args.out) and not os.path.isdir(args.out):
         raise UsageError(f"--out: {args.out!r} exists and is not a folder")
     manual = [args.coordinator, args.num_processes, args.process_id]
@@ -146,10 +151,20 @@ def check_prompts_file(path: str) -> None:
 
 
 def uses_optimal(args: argparse.Namespace) -> bool:
-    """Whether the run fits optimal constants: --ablation optimal, the comparison step (its
-    types include optimal) or --circuit-ablation optimal."""
-    return (args.ablation == "optimal" or "ablation_comparison" not in args.skip
-            or args.circuit_ablation == "optimal")
+    """Whether the run may fit optimal constants: --ablation optimal, the comparison step
+    (its --compare types include optimal, as the default's may) or --circuit-ablation
+    optimal."""
+    return (args.ablation == "optimal" or args.circuit_ablation == "optimal"
+            or ("ablation_comparison" not in args.skip
+                and "optimal" in (args.compare or ABLATION_TYPES)))
+
+
+def asks_for_optimal(args: argparse.Namespace) -> bool:
+    """Whether the options ask for optimal ablation whatever it costs: --ablation optimal,
+    --circuit-ablation optimal, optimal in --compare, or an --oa-* option."""
+    return (args.ablation == "optimal" or args.circuit_ablation == "optimal"
+            or "optimal" in (args.compare or ())
+            or any(v is not None for v in (args.oa_steps, args.oa_lr, args.oa_objective)))
 
 
 def oa_settings(args: argparse.Namespace) -> dict[str, Any]:

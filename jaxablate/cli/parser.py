@@ -27,6 +27,11 @@ DEFAULT_N_PROMPTS = 64
 DEFAULT_OA_STEPS, DEFAULT_OA_LR, DEFAULT_OA_OBJECTIVE = 100, 0.01, "kl_to_clean"
 OA_OBJECTIVES = ("kl_to_clean", "loss")
 INDUCTION_HALF = 16
+ABLATION_TYPES = ("zero", "mean", "resample", "optimal")
+# With no --compare, the comparison leaves optimal ablation out when nothing else fits optimal
+# constants and the plan estimates its fit at more than this on the machine (GPT-2 small's
+# full-vocabulary fit is hours on a CPU); a line says so.
+OA_COMPARE_BUDGET_S = 600
 
 _DESCRIPTION = """\
 Ablation studies on GPT-2-family models: knock out attention heads, MLP layers or single
@@ -71,6 +76,9 @@ examples:
   jaxablate study --ablation optimal --oa-steps 200 --circuit-ablation optimal
       every step under optimal ablation (each head at its own best constant), and the
       minimal circuit's complement also ablated at constants optimised for it jointly
+  jaxablate study --model gpt2 --task ioi --dry-run
+      the plan and its estimated time; optimal ablation is left out of the comparison when
+      its fit would take long (the plan says so): --compare zero,mean,resample,optimal
 
 The report needs pandas, pyarrow and matplotlib: pip install 'jaxablate[report]'.
 Compiled programs are cached in $JAXABLATE_CACHE (default ~/.cache/jaxablate/jax), which
@@ -121,6 +129,19 @@ def _components(text: str) -> tuple[str, ...]:
         if kind not in kinds:
             kinds.append(kind)
     return tuple(kinds)
+
+
+def _ablation_types(text: str) -> tuple[str, ...]:
+    """"zero,mean" -> ("zero", "mean"): two or more distinct ablation types."""
+    types = tuple(dict.fromkeys(p.strip().lower() for p in text.split(",") if p.strip()))
+    bad = [t for t in types if t not in ABLATION_TYPES]
+    if bad:
+        raise argparse.ArgumentTypeError(
+            f"unknown ablation type {bad[0]!r}; choose from {', '.join(ABLATION_TYPES)}")
+    if len(types) < 2:
+        raise argparse.ArgumentTypeError(f"expected two or more ablation types to compare, "
+                                         f"such as zero,mean; got {text!r}")
+    return types
 
 
 def _steps(text: str) -> tuple[str, ...]:
@@ -222,6 +243,13 @@ def build_parser() -> argparse.ArgumentParser:
                           help="steps to leave out: screening, cumulative, circuit, "
                                "interactions, comparison (e.g. --skip interactions on big "
                                "models)")
+    ablation.add_argument("--compare", type=_ablation_types, default=None, metavar="LIST",
+                          help="the ablation types the comparison step compares, e.g. "
+                               "zero,mean,optimal (default: zero, mean, resample and "
+                               "optimal; optimal is left out, and a line says so, when "
+                               "nothing else fits optimal constants and its fit is "
+                               f"estimated at over {OA_COMPARE_BUDGET_S // 60} min on this "
+                               "machine)")
     ablation.add_argument("--patching", action="store_true",
                           help="add the patching step: activation patching of the critical "
                                "heads and MLPs at each position and path patching to the "

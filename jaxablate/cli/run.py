@@ -7,7 +7,7 @@ printed when the run is estimated at over LONG_RUN_S, its estimate in one line o
 are the plan's, print the ranked table (or the JSON), write the report folder.
 
     run_study(args) -> exit status      args: `jaxablate.cli.options.build_parser().parse_args(...)`
-    ProgressBars(enabled, planned)      the Study's progress callback: one tqdm bar per step
+    ProgressBars (jaxablate.engine.bars) the Study's progress callback: one tqdm bar per step
 
 `Study` is imported from `jaxablate.study` when the run starts, so a stand-in placed in
 `sys.modules` (the tests' fake Study) is the one used.
@@ -25,86 +25,19 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from jaxablate.cli.options import (
+    ABLATION_TYPES,
     DEFAULT_N_PROMPTS,
     INDUCTION_HALF,
+    OA_COMPARE_BUDGET_S,
     OPTIONAL_STEPS,
     PROG,
     UsageError,
+    asks_for_optimal,
     check_options,
     oa_settings,
-    uses_optimal,
 )
-
-
-class ProgressBars:
-    """A Study progress callback `(step, done, total)`: one tqdm bar on stderr per progress
-    label (the study's step, or a part of one: "all_ablated", "minimality", "optimal fit"),
-    with an ETA. With the plan's totals (`planned`, label -> the planned sum of its sweeps'
-    totals, `StudyPlan.progress_totals`) a bar's total is the step's whole planned work from
-    its first chunk on, whatever the number of sweeps (resample's draws, the comparison's
-    ablation types, the circuit's greedy steps): it never grows. Where the plan is an upper
-    bound (`bounded` labels: the circuit's) the bar ends at the work done; a label that
-    comes back after another (the comparison after its optimal fit) gets the rest of its
-    plan. A label the plan does not know gets the total of its first sweep, grown by each
-    further one. Silent when disabled; a plain "step: n ablations" line per step without
-    tqdm.
-
-    A further sweep of the same label is recognised by its counts: its `done` starts again
-    (below the last one), its total differs, or the last sweep had finished.
-    """
-
-    def __init__(self, enabled: bool = True, planned: dict[str, int] | None = None,
-                 bounded: Any = ()):
-        self.enabled = enabled
-        self.planned = dict(planned or {})
-        self.bounded = set(bounded)  # labels whose planned total is an upper bound
-        self.bar: Any = None
-        self.step = ""
-        self.done = 0  # within the current sweep
-        self.total = 0  # of the current sweep
-        self.count = 0  # ablations of the current bar so far
-        self.base = 0  # ablations of the current bar's earlier sweeps
-
-    def __call__(self, step: str, done: int | np.integer, total: int | np.integer) -> None:
-        if not self.enabled:
-            return
-        done, total = int(done), int(total)
-        if step != self.step or self.bar is None:
-            self.close()
-            self.step, self.done, self.total, self.count, self.base = step, 0, total, 0, 0
-            self.bar = self._new(step, max(self.planned.get(step, 0), total))
-        elif self.done >= self.total or done < self.done or total != self.total:
-            self.base, self.done, self.total = self.base + self.done, 0, total  # next sweep
-        count = self.base + done
-        if self.bar and count > self.bar.total:  # more than planned (or not planned)
-            self.bar.total = count + (total - done)
-            self.bar.refresh()
-        if self.bar:
-            self.bar.update(count - self.count)
-        self.count, self.done = count, done
-
-    def _new(self, step: str, total: int) -> Any:
-        try:
-            from tqdm.auto import tqdm
-        except ImportError:
-            return False
-        return tqdm(total=total, desc=step, file=sys.stderr, unit="ablation",
-                    dynamic_ncols=True)
-
-    def close(self) -> None:
-        if self.step in self.planned:  # what is left of the label's plan, if it comes back
-            self.planned[self.step] = max(0, self.planned[self.step] - self.count)
-        if self.bar:
-            if self.step in self.bounded and self.bar.n < self.bar.total:
-                self.bar.total = self.bar.n  # an upper bound: the work that was needed
-                self.bar.refresh()
-            self.bar.close()
-        elif self.bar is False:
-            print(f"{self.step}: {self.count} ablations", file=sys.stderr)
-        self.bar = None
+from jaxablate.engine.bars import ProgressBars
 
 
 def _enable_compilation_cache() -> None:
@@ -265,10 +198,6 @@ def run_study(args: argparse.Namespace) -> int:
         f"{cfg.d_model}, vocabulary {cfg.d_vocab})")
     say(f"task: {task}")
     oa = oa_settings(args)
-    say(f"ablation: {args.ablation}; components: {', '.join(args.components)}; "
-        f"seed {args.seed}" + (f"; optimal constants: {oa['oa_objective']}, "
-                               f"{oa['oa_steps']} Adam steps, lr {oa['oa_lr']:g}"
-                               if uses_optimal(args) else ""))
     if args.chunk_size is not None:
         n_read = task.metric.prepare(task.tokens, cfg)[0].shape[1]
         check_chunk_size(model, *task.tokens.shape, n_read, args.chunk_size,
@@ -289,9 +218,18 @@ def run_study(args: argparse.Namespace) -> int:
         steps += ("patching",) if args.patching else ()
         settings = {"target": args.target, "top_k": args.interaction_top_k, "steps": steps,
                     "screen_method": args.screen, "screen_steps": args.ig_steps,
-                    "screen_top_k": args.screen_top_k, "types": ABLATIONS,
+                    "screen_top_k": args.screen_top_k, "types": args.compare or ABLATIONS,
                     "circuit_ablation": args.circuit_ablation}
-        plan = _print_plan(study, settings, args, say)
+        plan, left_out = _plan(study, settings, args)
+        fits = (args.ablation == "optimal" or args.circuit_ablation == "optimal"
+                or "ablation_comparison" in steps and "optimal" in settings["types"])
+        say(f"ablation: {args.ablation}; components: {', '.join(args.components)}; "
+            f"seed {args.seed}" + (f"; optimal constants: {oa['oa_objective']}, "
+                                   f"{oa['oa_steps']} Adam steps, lr {oa['oa_lr']:g}"
+                                   if fits else ""))
+        if "ablation_comparison" in steps:
+            say(f"comparison: {', '.join(settings['types'])}" + (left_out and f" ({left_out})"))
+        _print_plan(plan, args, say)
         if args.dry_run:
             say(f"--dry-run: nothing was run (the plan took {plan.planning_s:.1f} s)")
             return 0
@@ -320,20 +258,40 @@ def run_study(args: argparse.Namespace) -> int:
     return 0
 
 
-def _print_plan(study: Any, settings: dict[str, Any], args: argparse.Namespace,
-                say: Any) -> Any:
+def _plan(study: Any, settings: dict[str, Any], args: argparse.Namespace
+          ) -> tuple[Any, str]:
     """The study's plan (`jaxablate.study.estimate.plan_study`, with `Study.run`'s
-    `settings`): printed in full with --dry-run or when the run is estimated at over
-    LONG_RUN_S, else its estimate in one line. Returns the `StudyPlan`."""
+    `settings`) and why optimal ablation was left out of the comparison ("" when it was
+    not). With no --compare and nothing else asking for optimal ablation
+    (`asks_for_optimal`), optimal is left out (`settings["types"]` updated) when the plan
+    estimates its fit at over OA_COMPARE_BUDGET_S on this machine."""
     from jaxablate.study.estimate import plan_study
 
     plan = plan_study(study, chunk_size=args.chunk_size, **settings)
+    if (args.compare is not None or asks_for_optimal(args)
+            or "ablation_comparison" not in settings["steps"]):
+        return plan, ""
+    fit_s = sum(seconds for step in plan.steps for what, seconds in step.other
+                if what.startswith("optimal fit"))
+    if fit_s <= OA_COMPARE_BUDGET_S:
+        return plan, ""
+    from jaxablate.study.checks import DEFAULT_TYPES
+    from jaxablate.study.estimate import duration
+
+    settings["types"] = DEFAULT_TYPES
+    plan = plan_study(study, chunk_size=args.chunk_size, speed=plan.speed, **settings)
+    return plan, (f"optimal left out: its fit is estimated at ~{duration(fit_s)} on this "
+                  f"machine; --compare {','.join(ABLATION_TYPES)} adds it")
+
+
+def _print_plan(plan: Any, args: argparse.Namespace, say: Any) -> None:
+    """The plan printed in full with --dry-run or when the run is estimated at over
+    LONG_RUN_S, else its estimate in one line."""
     if args.dry_run or plan.upper_seconds > LONG_RUN_S:
         for line in plan.lines():
             say(line)
     else:
         say(plan.lines()[-1] + " (--dry-run prints the plan)")
-    return plan
 
 
 def _start_distributed(args: argparse.Namespace) -> None:
@@ -343,8 +301,8 @@ def _start_distributed(args: argparse.Namespace) -> None:
 
     kwargs = {}
     if args.coordinator is not None:
-        kwargs = dict(coordinator_address=args.coordinator, num_processes=args.num_processes,
-                      process_id=args.process_id)
+        kwargs = {"coordinator_address": args.coordinator, "num_processes": args.num_processes,
+                      "process_id": args.process_id}
     try:
         jax.distributed.initialize(**kwargs)
     except (RuntimeError, ValueError) as error:

@@ -218,8 +218,9 @@ def check_progress(progress: Any) -> None:
     """A progress callback is None or a callable `(done, total)`; anything else is refused
     before a sweep compiles (`progress=True` would fail only after the first chunk)."""
     if progress is not None and not callable(progress):
-        raise InputTypeError(f"progress: expected None or a function progress(done, total), "
-                             f"got {type(progress).__name__} {progress!r}")
+        raise InputTypeError(f"progress: expected True (a progress bar; jaxablate.sweep), None "
+                             f"or a function progress(done, total), got "
+                             f"{type(progress).__name__} {progress!r}")
 
 
 def check_int(value: Any, name: str, least: int | None = None, most: int | None = None) -> int:

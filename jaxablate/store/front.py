@@ -5,12 +5,14 @@ never imports the store.
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import numpy as np
 from jaxtyping import Float
 
 from jaxablate.engine import sweeping
+from jaxablate.engine.bars import ProgressBars
 from jaxablate.model.gpt2 import GPT2
 from jaxablate.store.results import ResultsStore
 
@@ -23,7 +25,8 @@ def sweep(model: GPT2, tokens: Any, masks: Any, replacement: Any, metric: Any,
     (`[D, N, batch]` for a list of D replacements, e.g. resample draws).
 
     Arguments as `jaxablate.engine.sweep` (tokens int [batch, seq], masks a MaskSet or a
-    stacked Mask, replacement, metric, chunk_size, progress(done, total), reuse_prefix,
+    stacked Mask, replacement, metric, chunk_size, progress (True: a tqdm bar on stderr; or
+    a function progress(done, total) called after every chunk), reuse_prefix,
     memory_budget, devices / mesh), plus store: a folder (or a `ResultsStore`) where results
     are committed chunk by chunk; the same call again resumes, computing only the missing
     chunks, and a store made by other inputs is refused (`jaxablate.store.results`).
@@ -32,11 +35,19 @@ def sweep(model: GPT2, tokens: Any, masks: Any, replacement: Any, metric: Any,
         >>> out = sweep(model, tokens, masks.head_pairs(cfg), repl, metric, store="runs/pairs")
         >>> out.shape                                       # (10296, batch)
     """
-    if store is None:
-        return sweeping.sweep(model, tokens, masks, replacement, metric, chunk_size,
-                              progress=progress, reuse_prefix=reuse_prefix,
-                              memory_budget=memory_budget, devices=devices, mesh=mesh)
-    store = store if isinstance(store, ResultsStore) else ResultsStore(store)
-    return store.sweep(model, tokens, masks, replacement, metric, chunk_size,
-                       progress=progress, reuse_prefix=reuse_prefix,
-                       memory_budget=memory_budget, devices=devices, mesh=mesh)
+    bars = ProgressBars() if progress is True else None
+    if bars is not None:  # one bar; its total is the sweep's, known at its first chunk
+        progress = functools.partial(bars, "sweep")
+    progress = None if progress is False else progress
+    try:
+        if store is None:
+            return sweeping.sweep(model, tokens, masks, replacement, metric, chunk_size,
+                                  progress=progress, reuse_prefix=reuse_prefix,
+                                  memory_budget=memory_budget, devices=devices, mesh=mesh)
+        store = store if isinstance(store, ResultsStore) else ResultsStore(store)
+        return store.sweep(model, tokens, masks, replacement, metric, chunk_size,
+                           progress=progress, reuse_prefix=reuse_prefix,
+                           memory_budget=memory_budget, devices=devices, mesh=mesh)
+    finally:
+        if bars is not None:
+            bars.close()

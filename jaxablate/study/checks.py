@@ -116,9 +116,10 @@ def check_study_inputs(model: Any, task: Any, tokens: Any, metric: Any, progress
                          "metric=jaxablate.metrics.logit_diff(correct, wrong)")
     metric = task.metric if metric is None else metric
     check_metric(metric)
-    if progress is not None and not callable(progress):
-        raise InputTypeError(f"progress: expected None or a function progress(step, done, "
-                             f"total), got {type(progress).__name__} {progress!r}")
+    if progress is not None and not isinstance(progress, bool) and not callable(progress):
+        raise InputTypeError(f"progress: expected True (progress bars), None or a function "
+                             f"progress(step, done, total), got {type(progress).__name__} "
+                             f"{progress!r}")
     if ablation not in ABLATIONS:
         raise InputError(f"ablation must be one of {ABLATIONS}, got {ablation!r}")
     kinds = check_kinds(components)

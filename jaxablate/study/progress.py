@@ -1,6 +1,7 @@
 """A study's progress reports, one sweep at a time: the label a sweep's chunks are reported
 under, and each count reported once.
 
+    study.progress = progress_callback(progress)       # True: tqdm bars, a callable, None
     report = sweep_reporter(study, step, ablation)     # report(done, total) after a chunk
     # -> study.progress(label, done, total), label = progress_label(study, step, ablation)
 
@@ -14,10 +15,26 @@ progress bar can tell the next sweep of a label by its counts starting again.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
+
+from jaxablate.engine.bars import ProgressBars
 
 if TYPE_CHECKING:
     from jaxablate.study.protocol import Study
+
+
+def progress_callback(progress: Any) -> Any:
+    """A Study's `progress` argument as its callback `(step, done, total)`: True gives tqdm
+    bars on stderr (`ProgressBars`; `Study.run` gives them the whole plan's totals before
+    the first chunk), False or None nothing, a callable itself.
+
+    Example:
+        >>> type(progress_callback(True)).__name__
+        'ProgressBars'
+    """
+    if progress is True:
+        return ProgressBars()
+    return None if progress is False else progress
 
 
 def progress_label(study: Study, step: str, ablation: str) -> str:

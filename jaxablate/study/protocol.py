@@ -111,7 +111,7 @@ class Study:
     set (default: the task's, `Task.counterfactual`). ablation: "zero", "mean", "resample"
     or "optimal". components: kinds studied, among "heads", "mlps", "neurons"
     (neurons of `neuron_layers` only, default all). threshold: the critical effect (default
-    10% of |baseline|). progress(step, done, total) is called after every sweep chunk.
+    10% of |baseline|). progress: True for tqdm bars, or progress(step, done, total) per chunk.
     oa_steps, oa_lr, oa_objective ("kl_to_clean" or "loss"): the fit of "optimal" values
     (Adam steps, rate, what they minimise on the reference; `jaxablate.study.optimal`). The
     comparison's default types are zero, mean, resample: types=ABLATIONS adds optimal (as the
@@ -166,7 +166,7 @@ class Study:
         self.resample_draws = check_int(resample_draws, "resample_draws", 1)
         self.oa_steps, self.oa_lr, self.oa_objective = check_optimal(oa_steps, oa_lr,
                                                                      oa_objective)
-        self.progress, self.model_name = progress, model_name
+        self.progress, self.model_name = study_progress.progress_callback(progress), model_name
         self._threshold = None if threshold is None else float(threshold)
         cfg = model.cfg
         parts = {"heads": lambda: single_heads(cfg),

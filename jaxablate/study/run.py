@@ -13,6 +13,7 @@ import time
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
+from jaxablate.engine.bars import ProgressBars
 from jaxablate.errors import InputError
 from jaxablate.study import optimal as optimal_step
 from jaxablate.study import patching as patching_step
@@ -24,7 +25,12 @@ from jaxablate.study.checks import (
     check_target,
     check_types,
 )
+from jaxablate.study.estimate import plan_study
 from jaxablate.study.result import StudyResult
+from jaxablate.study.speed import Speed
+
+# A plan made only for its progress totals needs no measured speed (no probes run).
+TOTALS_ONLY = Speed(flops=1e12, host=1.0, seconds=0.0)
 
 if TYPE_CHECKING:  # the protocol imports this module; at run time only `study` is passed in
     from jaxablate.study.protocol import Study
@@ -64,12 +70,23 @@ def run_steps(study: Study, *, fractions: Sequence[float], target: float | int,
     # Every pair tested: the singles come from the pairs' sweep (their shared prefixes).
     study.pairs_with_singles = ("interactions" in steps and not study.has_single(study.ablation)
                                 and study.interaction_top_k(top_k) == len(study.names))
+    bars = study.progress if isinstance(study.progress, ProgressBars) else None
+    if bars is not None and not bars.planned:  # progress=True: the whole plan's totals first
+        plan = plan_study(study, steps=steps, fractions=fractions, target=target, top_k=top_k,
+                          types=types, screen_method=screen_method, screen_steps=screen_steps,
+                          screen_top_k=screen_top_k, circuit_ablation=circuit_ablation,
+                          chunk_size=study._chunk, speed=TOTALS_ONLY)
+        bars.planned, bars.bounded = plan.progress_totals(), plan.bounded_labels()
     out: dict[str, Any] = {}
     seconds: dict[str, float] = {}
-    for step in ("baseline", "single") + tuple(s for s in STEPS[2:] if s in steps):
-        start = time.perf_counter()
-        out[step] = calls[step]()
-        seconds[step] = time.perf_counter() - start
+    try:
+        for step in ("baseline", "single") + tuple(s for s in STEPS[2:] if s in steps):
+            start = time.perf_counter()
+            out[step] = calls[step]()
+            seconds[step] = time.perf_counter() - start
+    finally:
+        if bars is not None:
+            bars.close()
     optimal = optimal_step.optimal_section(study) if study.has_optimal_fit() else None
     seconds["total"] = sum(seconds.values())
     return StudyResult(meta=study.meta(seconds), baseline=out["baseline"],
