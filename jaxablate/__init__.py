@@ -15,6 +15,7 @@ study -> report -> cli.
 from jaxablate import patching, report, tasks
 from jaxablate.ablation import masks, metrics
 from jaxablate.ablation.components import Component, parse_component
+from jaxablate.ablation.frames import by_layer_head, to_frame
 from jaxablate.ablation.masks import MaskSet
 from jaxablate.ablation.replacements import (mean_replacement, patch_replacement,
                                              resample_replacement, zero_replacement)
@@ -62,6 +63,7 @@ __all__ = [
     "attach_sae",
     "attribute",
     "attention_scores",
+    "by_layer_head",
     "clean_metric",
     "forward",
     "load_gpt2",
@@ -82,6 +84,7 @@ __all__ = [
     "sweep",
     "Task",
     "tasks",
+    "to_frame",
     "zero_replacement",
 ]
 __version__ = VERSION

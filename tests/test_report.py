@@ -135,9 +135,10 @@ def test_tables_read_back_equal_the_dict(tmp_path):
     result = synthetic_result()
     folder = write_report(result, tmp_path, plots=False)
     by_name = {r["component"]: r for r in result["single"]}
-    # Head names such as "1.10" look like numbers to a CSV reader: read them as text.
-    for frame in (pd.read_csv(folder / "single.csv", dtype={"component": str}),
-                  pd.read_parquet(folder / "single.parquet")):
+    # The CSVs write a head "head 1.10" (read_csv's defaults keep it text); Parquet "1.10".
+    single_csv = pd.read_csv(folder / "single.csv")
+    single_csv["component"] = single_csv["component"].str.removeprefix("head ")
+    for frame in (single_csv, pd.read_parquet(folder / "single.parquet")):
         assert list(frame["component"]) == [r["component"] for r in result["single"]]
         assert list(frame["rank"]) == sorted(r["rank"] for r in result["single"])
         for _, row in frame.iterrows():
@@ -152,11 +153,13 @@ def test_tables_read_back_equal_the_dict(tmp_path):
     for name, group in long.groupby("component"):
         np.testing.assert_allclose(group.sort_values("example")["effect"],
                                    by_name[name]["per_example"], rtol=1e-12)
-    cumulative = pd.read_csv(folder / "cumulative.csv", dtype={"last_ablated": str})
+    cumulative = pd.read_csv(folder / "cumulative.csv")
+    cumulative["last_ablated"] = cumulative["last_ablated"].str.removeprefix("head ")
     np.testing.assert_allclose(cumulative["metric"], result["cumulative"]["metric"])
     np.testing.assert_allclose(cumulative["fraction"], result["cumulative"]["fractions"])
     assert cumulative["last_ablated"].tolist() == result["cumulative"]["order"]
-    pairs = pd.read_csv(folder / "interactions.csv", dtype={"a": str, "b": str})
+    pairs = pd.read_csv(folder / "interactions.csv")
+    pairs[["a", "b"]] = pairs[["a", "b"]].apply(lambda names: names.str.removeprefix("head "))
     assert pairs.to_dict("records") == result["interactions"]["pairs"]
     comparison = pd.read_csv(folder / "ablation_comparison.csv", dtype={"component": str})
     section = result["ablation_comparison"]

@@ -152,7 +152,8 @@ def test_report_has_the_screening_section(bundled_study, tmp_path):
     assert row["estimated_effect"] == pytest.approx(section["estimated_effect"][i])
     assert row["exact_effect"] == pytest.approx(section["exact_effect_all"][i])
     assert bool(row["fails"]) == ("1.0" in section["failures"])
-    csv = pd.read_csv(folder / "screening.csv", dtype={"component": str})
+    csv = pd.read_csv(folder / "screening.csv")  # heads written "head 1.0" there
+    csv["component"] = csv["component"].str.removeprefix("head ")
     pd.testing.assert_frame_equal(csv[["component", "estimated_effect"]],
                                   table[["component", "estimated_effect"]], check_dtype=False)
     text = (folder / "summary.md").read_text()

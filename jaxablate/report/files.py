@@ -22,6 +22,11 @@ summary and the figures.
         .jaxablate-report.json    what write_report wrote, for which run: the run's settings
                                   (`report_fingerprint`) and each file's SHA-256
 
+The CSVs read back with `pandas.read_csv(path)` and its default arguments, names as strings:
+a head is written "head 1.10" there (a bare "1.10" would read back as the number 1.1; other
+names as they are: `jaxablate.report.tables.csv_frame`); study.json and the Parquet files
+keep the library's names ("1.10") and the tables' dtypes.
+
 It never replaces a file it did not write. Before writing, `check_report_folder` refuses a
 folder holding a file of a report's name (`report_names()`) that its record does not list,
 or that changed since it was written (a user's own summary.md, an edited table), and a
@@ -55,6 +60,7 @@ from jaxablate.errors import InputError
 from jaxablate.report.summary import summary_markdown
 from jaxablate.report.tables import (
     ablation_comparison_frame,
+    csv_frame,
     cumulative_frame,
     interactions_frame,
     optimal_frame,
@@ -273,13 +279,13 @@ def write_report(result: Any, folder: str | os.PathLike, *, plots: bool = True,
         out.write("\n")
     files = ["study.json"]
     single = single_frame(result)
-    single.to_csv(folder / "single.csv", index=False)
+    csv_frame(single).to_csv(folder / "single.csv", index=False)
     single.to_parquet(folder / "single.parquet", index=False)
     per_example_frame(result).to_parquet(folder / "per_example.parquet", index=False)
     files += ["single.csv", "single.parquet", "per_example.parquet"]
     if result.get("screening"):
         screening = screening_frame(result)
-        screening.to_csv(folder / "screening.csv", index=False)
+        csv_frame(screening).to_csv(folder / "screening.csv", index=False)
         screening.to_parquet(folder / "screening.parquet", index=False)
         files += ["screening.csv", "screening.parquet"]
     for name, section, make in (
@@ -290,7 +296,7 @@ def write_report(result: Any, folder: str | os.PathLike, *, plots: bool = True,
             ("patching_paths", "patching", patching_paths_frame),
             ("optimal", "optimal", optimal_frame)):
         if result.get(section):
-            make(result).to_csv(folder / f"{name}.csv", index=False)
+            csv_frame(make(result)).to_csv(folder / f"{name}.csv", index=False)
             files.append(f"{name}.csv")
     figures: dict[str, str] = {}
     if plots:

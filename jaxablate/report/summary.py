@@ -381,7 +381,8 @@ def summary_markdown(result: Any, figures: Mapping[str, str] | None = None,
     lines += _patching(result, figures) + optimal_markdown(result, figures)
     if files:
         lines += ["", "## Files", ""] + [f"- [{name}]({name})" for name in files]
-        lines += ["", "Head names such as `1.10` look like numbers to CSV readers: read the "
-                      "CSVs with `pandas.read_csv(path, dtype={\"component\": str})` (and "
-                      "`a`, `b`, `last_ablated` likewise), or use the Parquet files."]
+        lines += ["", "Head names such as `1.10` look like numbers to CSV readers, so the "
+                      "CSVs write a head as `head 1.10` (`pandas.read_csv(path)` reads every "
+                      "name back as text; `.str.removeprefix(\"head \")` gives `1.10`); "
+                      "study.json and the Parquet files keep the names as `1.10`."]
     return "\n".join(lines) + "\n"

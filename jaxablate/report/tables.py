@@ -11,11 +11,20 @@
     optimal_frame(result)              one row per component: Delta_OA beside Delta_mean
 
 `result` is `StudyResult.to_dict()`. pandas is imported only when a frame is built.
+
+The frames keep component names as the library writes them ("1.10"); `csv_frame` is what the
+report's CSVs hold: a cell of a name column (component, a, b, last_ablated) that is exactly a
+head's name is written "head 1.10", because "1.10" is a number to a CSV reader
+(`pandas.read_csv` with default arguments would read it back as 1.1, and "0.1" and "0.10"
+as the same number). Every other name ("mlp0", "n3.1207", "1.10@3", "0.1+1.10") reads back
+as text as it is. Strip the prefix to get the library's name back:
+`table["component"].str.removeprefix("head ")`. Parquet files keep the names and dtypes.
 """
 
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -24,6 +33,39 @@ from jaxablate.study.result import jsonable
 
 SINGLE_COLUMNS = ("rank", "component", "kind", "layer", "index", "effect", "sem", "ci_low",
                   "ci_high", "critical", "negative", "no_effect")
+
+
+# The report's columns that hold component names, and a head's name ("1.10"): see above.
+NAME_COLUMNS = ("component", "a", "b", "last_ablated")
+HEAD_NAME = re.compile(r"^\d+\.\d+$")
+CSV_HEAD_PREFIX = "head "
+
+
+def csv_name(name: Any) -> Any:
+    """The name as the report's CSVs write it: "head 1.10" for a head, others unchanged.
+
+    Example:
+        >>> csv_name("1.10"), csv_name("mlp0"), csv_name("0.1+1.10")
+        ('head 1.10', 'mlp0', '0.1+1.10')
+    """
+    if isinstance(name, str) and HEAD_NAME.match(name):
+        return CSV_HEAD_PREFIX + name
+    return name
+
+
+def csv_frame(frame: Any) -> Any:
+    """A copy of a report table with its name columns as `csv_name` writes them, so that
+    `pandas.read_csv(path)` with default arguments reads every name back as a string (one
+    row per row of `frame`, the same columns and dtypes otherwise).
+
+    Example:
+        >>> csv_frame(single_frame(result)).to_csv("single.csv", index=False)
+    """
+    frame = frame.copy()
+    for column in NAME_COLUMNS:
+        if column in frame:
+            frame[column] = frame[column].map(csv_name)
+    return frame
 
 
 def check_lengths(section: str, columns: Mapping[str, Sequence[Any]]) -> None:

@@ -42,6 +42,7 @@ import numpy as np
 from jaxtyping import Array, Float
 
 from jaxablate.ablation.components import Component, check_component, parse_component
+from jaxablate.ablation.frames import scores_frame
 from jaxablate.ablation.metrics import check_metric
 from jaxablate.engine.sharding import placement
 from jaxablate.errors import InputError
@@ -69,7 +70,8 @@ class Attribution(eqx.Module):
 
     Example:
         >>> att = attribute(model, tokens, zero_replacement(model), metrics.logit_diff(io, s))
-        >>> att.mean().heads.shape                       # [layer, head]
+        >>> att.heads.shape                              # [layer, head]: the batch mean
+        >>> att.to_frame()                               # one row per component (pandas)
         >>> att.ranking()[:5]                            # [("9.9", -1.3), ("mlp0", -0.8), ...]
     """
 
@@ -87,6 +89,29 @@ class Attribution(eqx.Module):
     def mean(self) -> Mask:
         """The estimates averaged over examples: a `Mask` of floats (heads [layer, head], ...)."""
         return jax.tree_util.tree_map(lambda a: a.mean(axis=0), self.metric_change)
+
+    @property
+    def heads(self) -> Float[np.ndarray, "layer head"]:
+        """The heads' estimates averaged over examples, numpy float64 [layer, head].
+
+        Example:
+            >>> att.heads[9, 6]                     # estimated metric change of ablating 9.6
+        """
+        if self.metric_change.heads is None:
+            raise InputError("Attribution.heads: heads were not scored; attribute(..., "
+                             "kinds=('heads', ...)) scores them")
+        return np.asarray(self.metric_change.heads, np.float64).mean(axis=0)
+
+    def to_frame(self, *, long: bool = False) -> Any:
+        """A pandas DataFrame, one row per scored component, with the columns of
+        `ja.to_frame` (component, kind, layer, head, position, neuron, feature,
+        n_components, mean, sem): `mean` and `sem` are the estimated metric change over the
+        examples; long=True gives one row per (component, example) with `value`.
+
+        Example:
+            >>> att.to_frame().sort_values("mean").head(3)[["component", "mean", "sem"]]
+        """
+        return scores_frame(self.metric_change, long=long)
 
     def ranking(self, top: int | None = None) -> list[tuple[str, float]]:
         """(component name, mean estimate) sorted by |mean estimate|, largest first.
