@@ -65,6 +65,9 @@ def test_a_real_report_reads_back_with_default_arguments(study_result, tmp_path)
     parquet = pd.read_parquet(folder / "single.parquet")
     assert single["component"].str.removeprefix("head ").tolist() == parquet[
         "component"].tolist() == names
+    # and a name read from the CSV is a component name as it stands
+    assert [ja.parse_component(c) for c in single["component"]] == [
+        ja.parse_component(c) for c in names]
 
 
 def test_parquet_keeps_names_and_dtypes(study_result, tmp_path):

@@ -5,6 +5,7 @@
     masks.py         its constructors (single_heads, head_pairs, ...): `ja.masks`
     replacements.py  zero, mean, resample and patch replacement values
     metrics.py       what a sweep measures (logit_diff, loss, ...) and the sign vocabulary
+    frames.py        results labelled per mask: `ja.to_frame` (pandas), `ja.by_layer_head`
 
 Built on the model wing (the Mask and Replacement data types live there, beside the model
 that blends them).

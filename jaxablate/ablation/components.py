@@ -49,7 +49,8 @@ class Component(NamedTuple):
 
 
 _PATTERNS = [
-    (re.compile(r"^(\d+)\.(\d+)$"), lambda g: ("heads", (g[0], g[1]))),
+    # "head 1.10" is how the report's CSVs write a head (so pandas reads it back as text)
+    (re.compile(r"^(?:head\s+)?(\d+)\.(\d+)$"), lambda g: ("heads", (g[0], g[1]))),
     (re.compile(r"^(\d+)\.(\d+)@(\d+)$"), lambda g: ("head_positions", (g[0], g[2], g[1]))),
     (re.compile(r"^mlp\s*(\d+)$"), lambda g: ("mlps", (g[0],))),
     (re.compile(r"^(?:n|neuron\s+)(\d+)\.(\d+)$"), lambda g: ("neurons", (g[0], g[1]))),
