@@ -14,7 +14,8 @@ Example:
 from jaxablate.tasks.base import Task
 from jaxablate.tasks.induction import induction, repeated_tokens
 from jaxablate.tasks.ioi import ioi, ioi_tasks, ioi_templates, ioi_vocabulary
+from jaxablate.tasks.ioi_toy import ioi_toy
 from jaxablate.tasks.prompts import from_jsonl, from_records
 
 __all__ = ["Task", "from_jsonl", "from_records", "induction", "ioi", "ioi_tasks",
-           "ioi_templates", "ioi_vocabulary", "repeated_tokens"]
+           "ioi_templates", "ioi_toy", "ioi_vocabulary", "repeated_tokens"]
