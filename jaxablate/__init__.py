@@ -32,6 +32,7 @@ from jaxablate.model.saving import save_gpt2
 from jaxablate.model.tokenizer import load_tokenizer
 from jaxablate.optimal.search import OptimalAblation, optimal_replacement
 from jaxablate.patching.paths import path_patch
+from jaxablate.report import figures as plot
 from jaxablate.screening.attribution import Attribution, attribute
 from jaxablate.screening.patterns import AttentionScores, attention_scores
 from jaxablate.store.front import sweep
@@ -78,6 +79,7 @@ __all__ = [
     "patch_replacement",
     "patching",
     "path_patch",
+    "plot",
     "resample_replacement",
     "run_with_cache",
     "save_gpt2",

@@ -260,3 +260,207 @@ def test_bad_input_is_refused(tmp_path):
     broken["cumulative"]["metric"] = broken["cumulative"]["metric"][:-1]
     with pytest.raises(ValueError, match="different lengths"):
         write_report(broken, tmp_path / "out", plots=False)
+
+
+# ---------------------------------------------------------------------------------------------
+# The figures' content (the Figure objects themselves), against the result dict indexed by hand.
+
+
+@pytest.fixture
+def leaves_pyplot_alone():
+    import matplotlib
+    import matplotlib.pyplot as plt
+
+    figures, style = plt.get_fignums(), dict(matplotlib.rcParams)
+    yield
+    assert plt.get_fignums() == figures
+    assert dict(matplotlib.rcParams) == style
+
+
+def image_grid(ax):
+    image = ax.images[0]
+    return np.ma.filled(np.ma.masked_invalid(image.get_array()).astype(float), np.nan), image
+
+
+def cell_texts(ax):
+    """{(row, column): text} of the values written in a heatmap's cells."""
+    return {(round(t.get_position()[1]), round(t.get_position()[0])): t.get_text()
+            for t in ax.texts}
+
+
+def outlines(ax):
+    return sorted((p.get_xy()[1] + 0.5, p.get_xy()[0] + 0.5) for p in ax.patches
+                  if not p.get_fill() and p.get_linewidth() == 2)
+
+
+def heads_by_hand(result):
+    config = result["meta"]["model_config"]
+    grid = np.full((config["n_layers"], config["n_heads"]), np.nan)
+    for r in result["single"]:
+        layer, head = (int(v) for v in r["component"].split("."))
+        grid[layer, head] = r["effect"]
+    return grid
+
+
+def test_single_heads_figure_is_the_effect_grid(leaves_pyplot_alone):
+    result = synthetic_result()
+    fig = plots.single_heads_figure(result)
+    ax = fig.axes[0]
+    grid, image = image_grid(ax)
+    expected = heads_by_hand(result)
+    np.testing.assert_array_equal(grid, expected)
+    assert image.get_clim() == (-TOP_EFFECT, TOP_EFFECT)  # symmetric about 0
+    assert (ax.get_xlabel(), ax.get_ylabel()) == ("head", "layer")
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["0", "1", "2"]
+    assert [t.get_text() for t in ax.get_yticklabels()] == ["0", "1"]
+    title = ax.get_title()
+    for needle in ("tiny-test", "induction", "mean ablation", "outlined: critical",
+                   "* 95% CI excludes 0"):
+        assert needle in title, title
+    assert image.colorbar.ax.get_ylabel() == "effect on logit_diff (mean ablation)"
+    critical = sorted((float(r["layer"]), float(r["index"])) for r in result["single"]
+                      if r["critical"])
+    assert outlines(ax) == critical and 0 < len(critical) < 6
+    texts = cell_texts(ax)
+    assert set(texts) == {(i, j) for i in range(2) for j in range(3)}
+    for (i, j), text in texts.items():
+        assert text.rstrip("*") == f"{expected[i, j]:.2g}"
+
+
+@pytest.mark.parametrize("critical", [True, False])
+def test_no_outline_note_when_it_distinguishes_nothing(critical, leaves_pyplot_alone):
+    result = synthetic_result(n_layers=2, n_heads=2, full=False)
+    for r in result["single"]:
+        r["critical"] = critical
+    ax = plots.single_heads_figure(result).axes[0]
+    assert "outlined" not in ax.get_title() and outlines(ax) == []
+    assert ("all 4 heads critical" in ax.get_title()) == critical
+
+
+def test_a_big_head_grid_writes_only_the_top_values(leaves_pyplot_alone):
+    result = synthetic_result(n_layers=12, n_heads=12)
+    ax = plots.single_heads_figure(result).axes[0]
+    expected = heads_by_hand(result)
+    flat = np.argsort(-np.abs(expected.ravel()), kind="stable")[:12]
+    texts = cell_texts(ax)
+    assert set(texts) == {divmod(int(i), 12) for i in flat}
+    assert "values: the top 12 by |effect|" in ax.get_title()
+
+
+def test_interactions_diagonal_holds_the_singles(leaves_pyplot_alone):
+    result = synthetic_result()
+    single = {r["component"]: r["effect"] for r in result["single"]}
+    for pair in result["interactions"]["pairs"]:  # singles as the study's own
+        pair["single_a"], pair["single_b"] = single[pair["a"]], single[pair["b"]]
+    names = result["interactions"]["components"]
+    ax = plots.interactions_figure(result).axes[0]
+    grid, image = image_grid(ax)
+    matrix = np.array([[np.nan if v is None else v for v in row]
+                       for row in result["interactions"]["matrix"]], dtype=float)
+    np.testing.assert_array_equal(grid, matrix)
+    assert np.ma.getmaskarray(image.get_array()).diagonal().all()
+    assert image.get_clim() == (-0.25, 0.25)
+    hatched = sorted(p.get_xy() for p in ax.patches if p.get_hatch())
+    assert hatched == [(i - 0.5, i - 0.5) for i in range(3)]
+    texts = cell_texts(ax)
+    assert {cell: texts[cell] for cell in texts if cell[0] == cell[1]} == {
+        (i, i): f"{single[name]:.2g}" for i, name in enumerate(names)}
+    assert {cell: texts[cell] for cell in texts if cell[0] > cell[1]} == {
+        (1, 0): "-0.25", (2, 0): "-0.25", (2, 1): "-0.25"}
+    title = ax.get_title()
+    assert "diagonal (hatched): single effects" in title and "mean ablation" in title
+    assert "outlined: backup candidates" in title and outlines(ax) == [(0, 1), (1, 0)]
+    assert ax.get_xlabel() == "component b" and ax.get_ylabel() == "component a"
+    assert "logit_diff" in image.colorbar.ax.get_ylabel()
+    for pair in result["interactions"]["pairs"]:
+        pair["backup_candidate"] = False
+    ax = plots.interactions_figure(result).axes[0]
+    assert "outlined" not in ax.get_title() and outlines(ax) == []
+
+
+def big_screening(result, n=300):
+    rng = np.random.default_rng(3)
+    names = [f"n{i // 100}.{i % 100}" for i in range(n)]
+    exact, estimate = rng.normal(0, 1, n), rng.normal(0, 1, n)
+    result["screening"].update(
+        components=names, estimated_effect=estimate.tolist(), exact_effect_all=exact.tolist(),
+        verified=[i < 10 for i in range(n)], fails=[i == 3 for i in range(n)])
+    return names, exact
+
+
+def test_a_big_screening_scatter_names_only_the_top_k(leaves_pyplot_alone):
+    result = synthetic_result()
+    names, exact = big_screening(result)
+    ax = plots.screening_figure(result).axes[0]
+    named = [t.get_text() for t in ax.texts]
+    top = [names[i] for i in np.argsort(-np.abs(exact), kind="stable")[:12]]
+    assert len(named) <= 12 and sorted(named) == sorted(top)
+    assert "named: the top 12 by |exact effect|" in ax.get_title()
+    assert "screening estimate" in ax.get_xlabel() and "logit_diff" in ax.get_ylabel()
+    assert "tiny-test" in ax.get_title() and "mean ablation" in ax.get_title()
+
+
+def test_ablation_types_figure_names_components_and_the_metric(leaves_pyplot_alone):
+    result = synthetic_result(n_layers=4, n_heads=5)
+    section = result["ablation_comparison"]
+    fig = plots.ablation_types_figure(result)
+    left, right = fig.axes
+    assert "tiny-test" in fig.get_suptitle() and "zero, mean, resample" in fig.get_suptitle()
+    points = [(abs(y), name) for kind in ("zero", "resample")
+              for y, name in zip(section["effects"][kind], section["components"])]
+    top = sorted(points, key=lambda p: -p[0])[:12]
+    assert sorted(t.get_text() for t in left.texts) == sorted(name for _, name in top)
+    assert left.get_xlabel() == "effect on logit_diff, mean ablation"
+    assert "logit_diff" in left.get_ylabel() and right.get_ylabel() == "effect on logit_diff"
+    ranked = [r["component"] for r in sorted(result["single"], key=lambda r: r["rank"])][:12]
+    assert [t.get_text() for t in right.get_xticklabels()] == ranked
+
+
+def test_every_report_figure_is_titled_and_labelled(tmp_path, leaves_pyplot_alone):
+    result = synthetic_result()
+    n, seq = 6, 10
+    rng = np.random.default_rng(5)
+    result["patching"] = {
+        "components": [f"0.{i}" for i in range(n)], "direction": "denoising",
+        "metric": "logit_diff", "by_position": {"restored": rng.normal(0, 1, (n, seq)).tolist()},
+        "all_positions": {"restored": [0.5] * n}, "direct": {"restored": [0.25] * n}}
+    figures = {"single_heads": plots.single_heads_figure, "screening": plots.screening_figure,
+               "cumulative": plots.cumulative_figure, "interactions": plots.interactions_figure,
+               "ablation_types": plots.ablation_types_figure,
+               "patching": plots.patching_figure}
+    for name, make in figures.items():
+        fig = make(result)
+        title = fig.get_suptitle() or fig.axes[0].get_title()
+        assert "tiny-test" in title and "induction" in title, (name, title)
+        for ax in fig.axes:
+            if ax.get_label() == "<colorbar>":
+                assert ax.get_ylabel(), name
+                continue
+            assert ax.get_xlabel() and ax.get_ylabel(), name
+            legend = ax.get_legend()
+            assert legend is None or len(legend.get_texts()) >= 1, name
+    patching = figures["patching"](result).axes[0]
+    table = np.concatenate([np.array(result["patching"]["by_position"]["restored"]),
+                            np.full((n, 1), 0.5), np.full((n, 1), 0.25)], axis=1)
+    np.testing.assert_allclose(image_grid(patching)[0], table, rtol=1e-12)
+    flat = np.argsort(-np.abs(table.ravel()), kind="stable")[:12]
+    assert set(cell_texts(patching)) == {divmod(int(i), seq + 2) for i in flat}
+    assert sorted(plots.plot_all(result, tmp_path)) == sorted(
+        set(figures) | {"single_heads"})
+
+
+def test_bar_notes_name_only_the_colours_used(leaves_pyplot_alone):
+    result = synthetic_result(full=False)
+    result["single"] = [
+        {"component": f"mlp{layer}", "kind": "mlp", "layer": layer, "index": None,
+         "effect": 0.5 + layer, "sem": 0.1, "ci_low": 0.3 + layer, "ci_high": 0.7 + layer,
+         "rank": 2 - layer, "critical": False, "negative": False, "no_effect": False}
+        for layer in range(2)]
+    fig = plots.single_layers_figure(result)
+    assert "blue: 95% CI excludes 0" in fig.get_suptitle()
+    assert "red" not in fig.get_suptitle() and "grey" not in fig.get_suptitle()
+    assert [t.get_text() for t in fig.axes[0].get_xticklabels()] == ["mlp0", "mlp1"]
+    assert fig.axes[0].get_ylabel() == "effect on logit_diff (mean ablation)"
+    for row in result["single"]:
+        row.update(ci_low=-1.0, ci_high=3.0)  # every CI contains 0: every bar grey
+    assert "blue" not in plots.single_layers_figure(result).get_suptitle()

@@ -5,7 +5,12 @@
     tables.py   the result's sections as pandas DataFrames
     summary.py  summary.md (markdown.py: its numbers and tables; optimal_summary.py: the
                 optimal-ablation section)
-    plots.py    the figures (patching_plot.py, optimal_plot.py: one figure each)
+    plots.py    the report's figures, plot_all (one module per section: single_plots.py,
+                screening_plot.py, cumulative_plot.py, interactions_plot.py,
+                comparison_plot.py, patching_plot.py, optimal_plot.py; canvas.py: what
+                they share)
+    figures.py  `ja.plot`: paper figures of a plain sweep (heads, positions, neurons;
+                figure_inputs.py: the values, frames and arrays they accept)
 """
 
 from jaxablate.report.files import (

@@ -1,8 +1,9 @@
 """The figure of a study's optimal-ablation fit (`jaxablate.study.optimal`): the damage of
 each component's ablation at every Adam step, from its mean-ablation value (step 0) down to
 Delta_OA, on the fit prompts. One of `jaxablate.report.plots.OPT_IN_FIGURES` ("optimal"),
-drawn like the others (the Agg canvas of `plots.new_figure`, no pyplot).
+drawn like the others (the Agg canvas of `canvas.new_figure`, no pyplot).
 
+    optimal_figure(result, top=6) -> Figure | None
     plot_optimal(result, path, top=6) -> Path | None
 
 Example:
@@ -18,14 +19,13 @@ from typing import Any
 
 import numpy as np
 
-from jaxablate.report.plots import figure_title, new_figure, save_figure
+from jaxablate.report.canvas import figure_title, new_figure, save_figure
 
 OBJECTIVE_LABELS = {"kl_to_clean": "KL(clean || ablated), mean over positions",
                     "loss": "next-token loss increase"}
 
 
-def plot_optimal(result: Mapping[str, Any], path: str | os.PathLike,
-                 top: int = 6) -> Path | None:
+def optimal_figure(result: Mapping[str, Any], top: int = 6) -> Any | None:
     """Damage (the objective's increase, e.g. KL in nats, on the fit prompts) against the
     Adam step, one line per component: the `top` components by Delta_mean (step 0) in
     colour with their kept step marked and named in the legend with Delta_mean -> Delta_OA,
@@ -63,10 +63,21 @@ def plot_optimal(result: Mapping[str, Any], path: str | os.PathLike,
     ax.set_xlabel("Adam step (0: the mean-ablation values)")
     ax.set_ylabel(f"damage: {what}" + (f" ({units})" if units else ""))
     others = len(names) - len(chosen)
-    ax.set_title(figure_title(result, "optimal ablation")
+    ax.set_title(figure_title(result, "optimal ablation fit", with_ablation=False)
                  + f"\n{objective} on {section.get('n_fit_prompts', '?')} "
                  f"{section.get('fit_prompts', 'fit')} prompts, lr "
                  f"{section.get('learning_rate', '?')}; top {len(chosen)} by Δ_mean"
                  + (f", {others} more in grey" if others else ""), fontsize=9)
     ax.legend(fontsize=7, title="Δ_mean → Δ_OA", title_fontsize=7)
-    return save_figure(fig, path)
+    return fig
+
+
+def plot_optimal(result: Mapping[str, Any], path: str | os.PathLike,
+                 top: int = 6) -> Path | None:
+    """`optimal_figure` written to `path` as PNG; None without an optimal section.
+
+    Example:
+        >>> plot_optimal(result, "report/optimal.png")
+    """
+    fig = optimal_figure(result, top)
+    return None if fig is None else save_figure(fig, path)
