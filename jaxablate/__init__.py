@@ -29,7 +29,7 @@ from jaxablate.model.mask import Mask
 from jaxablate.model.replacement import Replacement
 from jaxablate.model.sae import SAE
 from jaxablate.model.saving import save_gpt2
-from jaxablate.model.tokenizer import load_tokenizer
+from jaxablate.model.tokenizer import load_tokenizer, to_tokens
 from jaxablate.optimal.search import OptimalAblation, optimal_replacement
 from jaxablate.patching.paths import path_patch
 from jaxablate.report import figures as plot
@@ -87,6 +87,7 @@ __all__ = [
     "Task",
     "tasks",
     "to_frame",
+    "to_tokens",
     "zero_replacement",
 ]
 __version__ = VERSION

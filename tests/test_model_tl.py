@@ -82,5 +82,5 @@ def test_cache_collects_only_named(tiny_model, tokens, tl_run):
         cache.hook("blocks.0.mlp.hook_post")
     with pytest.raises(ValueError, match="unknown hook name 'blocks.0.hook_q'"):
         cache.hook("blocks.0.hook_q")
-    with pytest.raises(ValueError, match=r"unknown activation names \['attn_out'\]"):
-        jaxablate.run_with_cache(tiny_model, tokens, names=("attn_out",))
+    with pytest.raises(ValueError, match=r"unknown activation names \['attn_result'\]"):
+        jaxablate.run_with_cache(tiny_model, tokens, names=("attn_result",))

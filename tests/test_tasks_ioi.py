@@ -1,5 +1,6 @@
 """IOI prompts (Wang et al. 2022) with the real GPT-2 tokenizer: pools, lengths, labelled
-positions, the ABC reference set, seeds, argument checks, and one sweep end to end."""
+positions, the ABC reference set, seeds, argument checks, BOS as TransformerLens puts it, and
+one sweep end to end."""
 
 from __future__ import annotations
 
@@ -24,6 +25,7 @@ from jaxablate.tasks.ioi import (
 )
 
 N_TEMPLATES = 30
+BOS = 50256  # GPT-2's <|endoftext|>, TransformerLens's BOS for GPT-2
 
 
 @pytest.fixture(scope="module")
@@ -68,6 +70,7 @@ class _Splitting:
 
     def __init__(self, tokenizer, spread_garden: bool = False):
         self.tokenizer, self.spread_garden = tokenizer, spread_garden
+        self.bos_token_id = tokenizer.bos_token_id
 
     def __call__(self, text):
         ids = list(self.tokenizer(text)["input_ids"])
@@ -92,7 +95,7 @@ def test_multi_token_words_are_dropped(tokenizer):
 
 
 def test_unequal_lengths_are_refused(tokenizer):
-    with pytest.raises(ValueError, match=r"template 0.*different lengths \[15, 16\]"):
+    with pytest.raises(ValueError, match=r"template 0.*different lengths \[16, 17\]"):
         ioi(_Splitting(tokenizer, spread_garden=True), 32, template=0, seed=0)
 
 
@@ -122,8 +125,12 @@ def _check(task, tokenizer, template):
         np.testing.assert_array_equal(pos["S1"], pos["IO"] + 2)
     # the prompt stops right before the answer: " to" ends every template
     assert all(text.endswith(" to") for text in task.texts)
-    # text and tokens agree
-    assert [tokenizer.decode(row) for row in task.tokens.tolist()] == list(task.texts)
+    # text and tokens agree: BOS (as TL's to_tokens puts it), then the prompt's own tokens
+    assert task.info["prepend_bos"] is True
+    for tokens in (task.tokens, task.reference, task.counterfactual):
+        np.testing.assert_array_equal(tokens[:, 0], BOS)
+    assert [tokenizer.decode(row[1:]) for row in task.tokens.tolist()] == list(task.texts)
+    np.testing.assert_array_equal(task.tokens, jaxablate.to_tokens(tokenizer, task.texts))
     # the names and nouns come from the single-token pools
     vocab = ioi_vocabulary(tokenizer)
     name_ids = {_single(tokenizer, n) for n in vocab["names"]}
@@ -162,7 +169,8 @@ def test_prompt_text_follows_the_template(tokenizer):
         assert m.group(1) == m.group(4) != m.group(2)
         assert _single(tokenizer, m.group(2)) == io and _single(tokenizer, m.group(1)) == s
         assert m.group(3) in PLACES and m.group(5) in OBJECTS
-    assert task.tokens.shape == (8, 15) and task.positions["IO"][0] == 4
+    # BOS, "Then", ",", " S", " and", " IO": IO is token 5 (4 without the BOS)
+    assert task.tokens.shape == (8, 16) and task.positions["IO"][0] == 5
 
 
 def test_abba_swaps_the_first_two_names_of_baba(tokenizer):
@@ -227,3 +235,32 @@ def test_sweep_matches_a_loop_of_forwards(tokenizer):
         np.testing.assert_allclose(out[i], expected, rtol=1e-5, atol=1e-5)
     clean = np.asarray(jaxablate.forward(model, task.tokens))[:, -1]
     assert not np.allclose(out[0], clean[rows, task.correct] - clean[rows, task.wrong])
+
+
+@pytest.mark.parametrize("template", [0, 7, 16, 29])
+def test_without_bos_every_array_and_position_shifts_by_one(tokenizer, template):
+    """prepend_bos=False: the same prompts without their first token, every labelled
+    position one earlier (still pointing at its name), the same draws."""
+    bare = ioi(tokenizer, 6, template=template, seed=4, n_reference=9, prepend_bos=False)
+    with_bos = ioi(tokenizer, 6, template=template, seed=4, n_reference=9)
+    for field in ("tokens", "reference", "counterfactual"):
+        np.testing.assert_array_equal(getattr(with_bos, field)[:, 1:], getattr(bare, field))
+    assert set(bare.positions) == set(with_bos.positions)
+    for label, value in bare.positions.items():
+        np.testing.assert_array_equal(value + 1, with_bos.positions[label], err_msg=label)
+    assert bare.texts == with_bos.texts and bare.info["prepend_bos"] is False
+    rows = np.arange(6)
+    np.testing.assert_array_equal(bare.tokens[rows, bare.positions["IO"]], bare.correct)
+    np.testing.assert_array_equal(bare.tokens[rows, bare.positions["S2"]], bare.wrong)
+    np.testing.assert_array_equal(bare.tokens,
+                                  jaxablate.to_tokens(tokenizer, bare.texts, prepend_bos=False))
+    assert [tokenizer.decode(row) for row in bare.tokens.tolist()] == list(bare.texts)
+    tasks = ioi_tasks(tokenizer, 6, templates=[template], seed=4, n_reference=9,
+                      prepend_bos=False)
+    np.testing.assert_array_equal(tasks[0].tokens, bare.tokens)
+
+
+def test_prepend_bos_must_be_a_bool(tokenizer):
+    # (under the suite's beartype the annotation refuses it first; either names the argument)
+    with pytest.raises(TypeError, match="prepend_bos"):
+        ioi(tokenizer, 4, prepend_bos="no")

@@ -23,6 +23,7 @@ GOOD = [
      "correct": " Lisa", "wrong": " Paul"},
 ]
 SHORT = {"prompt": "The capital of France is", "correct": " Paris", "wrong": " London"}
+BOS = 50256  # GPT-2's <|endoftext|>
 
 
 @pytest.fixture(scope="module")
@@ -44,7 +45,8 @@ def test_good_file_round_trips(tmp_path, tokenizer):
     # a blank line in the middle and at the end is skipped
     path = _write(tmp_path, [_line(GOOD[0]), "", _line(GOOD[1]), _line(GOOD[2]), ""])
     task = from_jsonl(path, tokenizer)
-    expected = np.array([tokenizer(r["prompt"])["input_ids"] for r in GOOD], np.int32)
+    # BOS first (TransformerLens's to_tokens default), then the prompt's own tokens
+    expected = np.array([[BOS] + tokenizer(r["prompt"])["input_ids"] for r in GOOD], np.int32)
     np.testing.assert_array_equal(task.tokens, expected)
     assert task.tokens.dtype == np.int32 and task.tokens.shape == (3, expected.shape[1])
     assert task.correct.tolist() == [tokenizer(r["correct"])["input_ids"][0] for r in GOOD]
@@ -55,7 +57,8 @@ def test_good_file_round_trips(tmp_path, tokenizer):
     assert isinstance(task.metric, metrics.LogitDiff) and task.metric.position == -1
     np.testing.assert_array_equal(task.metric.correct, task.correct)
     assert task.info == {"task": "prompts", "source": str(path), "n_prompts": 3,
-                         "seq_len": expected.shape[1]}
+                         "seq_len": expected.shape[1], "prepend_bos": True}
+    np.testing.assert_array_equal(task.tokens, jaxablate.to_tokens(tokenizer, task.texts))
     assert task.reference is None and task.reference_tokens is task.tokens
     # the in-memory path gives the same task
     again = from_records(GOOD, tokenizer)
@@ -145,8 +148,9 @@ def test_empty_file(tmp_path, tokenizer, lines):
 
 
 def test_different_lengths_list_the_groups(tmp_path, tokenizer):
-    long = len(tokenizer(GOOD[0]["prompt"])["input_ids"])
-    short = len(tokenizer(SHORT["prompt"])["input_ids"])
+    # the lengths of the task's rows: the BOS and the prompt
+    long = 1 + len(tokenizer(GOOD[0]["prompt"])["input_ids"])
+    short = 1 + len(tokenizer(SHORT["prompt"])["input_ids"])
     assert short < long
     lines = [_line(GOOD[0]), _line(SHORT), _line(GOOD[1]), _line(SHORT), _line(GOOD[2])]
     message = _error(tmp_path, tokenizer, lines)
@@ -163,3 +167,21 @@ def test_records_errors_name_the_record(tokenizer):
         from_records(["not a dict"], tokenizer)
     with pytest.raises(ValueError, match=r"records: no prompts"):
         from_records([], tokenizer)
+
+
+def test_without_bos_the_prompts_are_bare(tmp_path, tokenizer):
+    path = _write(tmp_path, [_line(r) for r in GOOD])
+    with_bos = from_jsonl(path, tokenizer)
+    bare = from_jsonl(path, tokenizer, prepend_bos=False)
+    expected = np.array([tokenizer(r["prompt"])["input_ids"] for r in GOOD], np.int32)
+    np.testing.assert_array_equal(bare.tokens, expected)
+    np.testing.assert_array_equal(with_bos.tokens[:, 1:], bare.tokens)
+    np.testing.assert_array_equal(bare.positions["END"], [expected.shape[1] - 1] * 3)
+    np.testing.assert_array_equal(with_bos.positions["END"], bare.positions["END"] + 1)
+    np.testing.assert_array_equal(bare.correct, with_bos.correct)  # answers: no BOS
+    assert bare.info["prepend_bos"] is False and bare.info["seq_len"] == expected.shape[1]
+    again = from_records(GOOD, tokenizer, prepend_bos=False)
+    np.testing.assert_array_equal(again.tokens, bare.tokens)
+    # an empty prompt stays refused with a BOS to stand on
+    with pytest.raises(ValueError, match="record 0: the prompt is empty"):
+        from_records([{**GOOD[0], "prompt": ""}], tokenizer)

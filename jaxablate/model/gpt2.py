@@ -30,8 +30,9 @@ from jaxablate.model.mask import Mask
 from jaxablate.model.replacement import Replacement
 from jaxablate.model.sae import SAE
 
-# Activations `run(..., collect=...)` can return, per layer.
-ACTIVATIONS = ("resid_pre", "z", "post", "mlp_out", "pattern", "q", "k", "v", "resid_mid")
+# Activations `run(..., collect=...)` can return: per layer, then of the whole model.
+ACTIVATIONS = ("resid_pre", "z", "post", "mlp_out", "pattern", "q", "k", "v", "resid_mid",
+               "resid_post", "attn_out", "attn_scores", "pre", "embed", "pos_embed", "ln_final")
 
 
 class Blocks(eqx.Module):
@@ -51,12 +52,16 @@ class Blocks(eqx.Module):
     b_out: Float[Array, "layer d_model"]
 
 
-def _layer_norm(x, w, b, eps):
+def _normalize(x, eps):
+    # LayerNorm before its gain and bias (what TL's hook_normalized records).
     x = x.astype(jnp.float32)
     mean = x.mean(-1, keepdims=True)
     var = ((x - mean) ** 2).mean(-1, keepdims=True)
-    w, b = w.astype(jnp.float32)[None], b.astype(jnp.float32)[None]
-    return (x - mean) * jax.lax.rsqrt(var + eps) * w + b
+    return (x - mean) * jax.lax.rsqrt(var + eps)
+
+
+def _layer_norm(x, w, b, eps):
+    return _normalize(x, eps) * w.astype(jnp.float32)[None] + b.astype(jnp.float32)[None]
 
 
 def _f32(bias):
@@ -205,12 +210,12 @@ class GPT2(eqx.Module):
         `prefix` (see `attend`), x holds only the positions after the prefix's.
         """
         resid_pre = x
-        x, z, pattern, qkv = self.attend(layer, x, mask, replacement, queries, prefix)
+        x, z, pattern, attn_acts = self.attend(layer, x, mask, replacement, queries, prefix)
         x = self.ablate_mid(layer, x, mask, replacement, queries)
         resid_mid = x
-        x, post, mlp_out = self.feed_forward(layer, x, mask, replacement, queries)
-        acts = {"resid_pre": resid_pre, "resid_mid": resid_mid, "z": z, "post": post,
-                "mlp_out": mlp_out, "pattern": pattern, "q": qkv[0], "k": qkv[1], "v": qkv[2]}
+        x, mlp_acts = self.feed_forward(layer, x, mask, replacement, queries)
+        acts = {"resid_pre": resid_pre, "resid_mid": resid_mid, "z": z, "pattern": pattern,
+                "resid_post": x, **attn_acts, **mlp_acts}
         return x, acts
 
     def attend(
@@ -223,9 +228,11 @@ class GPT2(eqx.Module):
         prefix: tuple[Float[Array, "r head d_head"], Float[Array, "r head d_head"]] | None
         = None,
     ) -> tuple[Float[Array, "rows d_model"], Float[Array, "rows head d_head"],
-               Float[Array, "head rows seq"], tuple[Array, Array, Array]]:
+               Float[Array, "head rows seq"], dict[str, Array]]:
         """The attention half of a block: (stream after attention, z after point [2], pattern,
-        (q, k, v) after point [q]: q [rows, head, d_head], k and v [seq, head, d_head]).
+        acts): acts holds q [rows, head, d_head], k and v [seq, head, d_head] (after point
+        [q]), attn_scores [head, rows, seq] (scaled, -inf above the diagonal as TL keeps
+        them) and attn_out [rows, d_model] (z W_O + b_O, what attention adds to the stream).
 
         `prefix`: the keys and values (k, v) of positions 0 .. r-1, given; x then holds
         positions r .. seq-1 only (a sweep skipping rows that no mask changes). `queries`
@@ -254,11 +261,13 @@ class GPT2(eqx.Module):
             k, v = jnp.concatenate([prefix[0], k]), jnp.concatenate([prefix[1], v])
         scores = self.matmul("qhe,khe->hqk", q, k) / math.sqrt(self.cfg.d_head)
         causal = rows(jnp.tril(jnp.ones((seq, seq), bool)))
-        pattern = jax.nn.softmax(jnp.where(causal[None], scores, -jnp.inf), axis=-1)
+        attn_scores = jnp.where(causal[None], scores, -jnp.inf)
+        pattern = jax.nn.softmax(attn_scores, axis=-1)
         z = self.ablate_z(layer, self.matmul("hqk,khe->qhe", pattern, v), mask, replacement,
                           queries)
-        out = local(x) + self.matmul("she,hed->sd", z, p.W_O) + _f32(p.b_O)
-        return out, z, pattern, (q, k, v)
+        attn_out = self.matmul("she,hed->sd", z, p.W_O) + _f32(p.b_O)
+        acts = {"q": q, "k": k, "v": v, "attn_scores": attn_scores, "attn_out": attn_out}
+        return local(x) + attn_out, z, pattern, acts
 
     def ablate_z(
         self,
@@ -303,13 +312,14 @@ class GPT2(eqx.Module):
         mask: Mask,
         replacement: Replacement,
         queries: Int[Array, " k"] | None = None,
-    ) -> tuple[Float[Array, "rows d_model"], Float[Array, "rows neuron"],
-               Float[Array, "rows d_model"]]:
-        """The MLP half of a block with points [3] and [4]: (new stream, post, mlp_out)."""
+    ) -> tuple[Float[Array, "rows d_model"], dict[str, Array]]:
+        """The MLP half of a block with points [3] and [4]: (new stream, acts), acts holding
+        pre and post [rows, neuron] (before and after the GELU) and mlp_out [rows, d_model]."""
         p = self.layer(layer)
         rows = _rows(queries)
         h = _layer_norm(x, p.ln2_w, p.ln2_b, self.cfg.layer_norm_eps)
-        post = jax.nn.gelu(self.matmul("sd,dn->sn", h, p.W_in) + _f32(p.b_in), approximate=True)
+        pre = self.matmul("sd,dn->sn", h, p.W_in) + _f32(p.b_in)
+        post = jax.nn.gelu(pre, approximate=True)
         # [3] single neurons after the nonlinearity.
         if mask.neurons is not None:
             post = _blend(post, mask.neurons[layer][None, :], rows(replacement.post[layer]))
@@ -320,7 +330,7 @@ class GPT2(eqx.Module):
         if mask.mlp_positions is not None:
             mlp_out = _blend(mlp_out, rows(mask.mlp_positions[layer])[:, None],
                              rows(replacement.mlp_out[layer]))
-        return x + mlp_out, post, mlp_out
+        return x + mlp_out, {"pre": pre, "post": post, "mlp_out": mlp_out}
 
     def run(
         self,
@@ -336,20 +346,27 @@ class GPT2(eqx.Module):
         Collected activations are stacked over layers: resid_pre [layer+1, seq, d_model] (the
         last row is the final residual stream), z [layer, seq, head, d_head],
         post [layer, seq, neuron], mlp_out [layer, seq, d_model], pattern [layer, head, seq, key],
-        q, k, v [layer, seq, head, d_head] (after point [q]), resid_mid [layer, seq, d_model].
-        Inputs are trusted here; `jaxablate.forward` validates them.
+        q, k, v [layer, seq, head, d_head] (after point [q]), resid_mid [layer, seq, d_model],
+        resid_post [layer, seq, d_model] (before the next layer's point [1]), attn_out
+        [layer, seq, d_model], attn_scores [layer, head, seq, key], pre [layer, seq, neuron];
+        then embed, pos_embed and ln_final [seq, d_model] (the final LayerNorm before its gain
+        and bias). Inputs are trusted here; `jaxablate.forward` validates them.
         """
         mask = Mask() if mask is None else mask
         replacement = Replacement() if replacement is None else replacement
 
         def step(x, layer):
             x, acts = self.block(layer, x, mask, replacement)
-            return self.enter(layer + 1, x, mask, replacement), {n: acts[n] for n in collect}
+            return self.enter(layer + 1, x, mask, replacement), {n: acts[n] for n in collect
+                                                                 if n in acts}
 
         x = self.enter(jnp.int32(0), self.embed(tokens), mask, replacement)
         x, acts = jax.lax.scan(step, x, jnp.arange(self.cfg.n_layers))
         if "resid_pre" in collect:
             acts["resid_pre"] = jnp.concatenate([acts["resid_pre"], x[None]], axis=0)
+        whole = {"embed": lambda: self.wte[tokens], "pos_embed": lambda: self.wpe[:len(tokens)],
+                 "ln_final": lambda: _normalize(x, self.cfg.layer_norm_eps)}
+        acts.update({n: f().astype(jnp.float32) for n, f in whole.items() if n in collect})
         return self.unembed(x if positions is None else x[positions]), acts
 
     def __call__(

@@ -3,16 +3,21 @@ local folder, or from the hub.
 
 Every GPT-2 size (and distilgpt2) uses the same BPE files; they ship in
 `jaxablate/model/gpt2-tokenizer` (MIT licence, see SOURCE.md there), so `load_tokenizer("gpt2")`
-and `tasks.ioi` need no network.
+and `tasks.ioi` need no network. `to_tokens` turns text into token ids the way
+TransformerLens's `HookedTransformer.to_tokens` does (BOS first by default).
 """
 
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from jaxablate.errors import InputError
+import numpy as np
+from jaxtyping import Int
+
+from jaxablate.errors import InputError, InputTypeError
 from jaxablate.model.hub import require_hub
 
 GPT2_TOKENIZER_DIR = Path(__file__).resolve().parent / "gpt2-tokenizer"
@@ -57,3 +62,76 @@ def load_tokenizer(source: str | os.PathLike) -> Any:
     except Exception as error:
         raise InputError(f"could not load tokenizer {text!r} ({type(error).__name__}: {error})"
                          ) from error
+
+
+def bos_id(tokenizer: Any) -> int:
+    """The id `to_tokens` puts first: the tokenizer's BOS token, else its EOS token (as
+    TransformerLens's `set_tokenizer` falls back); 50256 (<|endoftext|>) for GPT-2.
+
+    Example:
+        >>> bos_id(load_tokenizer("gpt2"))
+        50256
+    """
+    for token_id in (getattr(tokenizer, "bos_token_id", None),
+                     getattr(tokenizer, "eos_token_id", None)):
+        if token_id is not None:
+            return int(token_id)
+    raise InputError("the tokenizer has neither a BOS nor an EOS token; pass "
+                     "prepend_bos=False")
+
+
+def to_tokens(
+    tokenizer: Any,
+    text: str | Sequence[Any],  # Any: a non-str entry reaches the named error below
+    prepend_bos: bool = True,
+    padding_side: str = "right",
+) -> Int[np.ndarray, "batch seq"]:
+    """Token ids of a text or a list of texts, as TransformerLens's `model.to_tokens` gives
+    them (TL 3.9 `HookedTransformer.to_tokens`, its defaults for GPT-2).
+
+    text: a str (batch 1) or a list of str. prepend_bos: put `bos_id(tokenizer)` (50256 for
+    GPT-2) first, TL's default; pass False when tokenizing a piece of a prompt. Texts of
+    different lengths are padded on `padding_side` ("right", TL's default, or "left") with
+    the tokenizer's pad id, else its EOS id (TL's fallback: 50256 for GPT-2). Unlike TL,
+    nothing is truncated to a context length (a forward pass refuses a sequence longer than
+    the model's). Returns a numpy int32 array [batch, seq] (numpy: tokens are host data,
+    and every jaxablate entry point takes it).
+
+    Example:
+        >>> tok = load_tokenizer("gpt2")
+        >>> to_tokens(tok, "Hello world!")
+        array([[50256, 15496,   995,     0]], dtype=int32)
+        >>> to_tokens(tok, ["Hi", "Hello world"], prepend_bos=False)   # right-padded
+        array([[17250, 50256], [15496,   995]], dtype=int32)
+    """
+    texts = [text] if isinstance(text, str) else text
+    if not isinstance(texts, Sequence) or isinstance(texts, bytes) or \
+            not all(isinstance(t, str) for t in texts):
+        raise InputTypeError(f"to_tokens: expected a str or a list of str, got "
+                             f"{type(text).__name__} {text!r:.80}")
+    if not texts:
+        raise InputError("to_tokens: the list of texts is empty")
+    if not isinstance(prepend_bos, (bool, np.bool_)):
+        raise InputTypeError(f"to_tokens: prepend_bos must be True or False, got "
+                             f"{prepend_bos!r}")
+    if padding_side not in ("right", "left"):
+        raise InputError(f"to_tokens: padding_side must be 'right' or 'left', got "
+                         f"{padding_side!r}")
+    first = [bos_id(tokenizer)] if prepend_bos else []
+    # add_special_tokens=False: the BOS is ours to add, never the tokenizer's as well.
+    rows = [first + list(tokenizer(t, add_special_tokens=False)["input_ids"]) for t in texts]
+    empty = [i for i, row in enumerate(rows) if not row]
+    if empty:
+        raise InputError(f"to_tokens: text {empty[0]} ({texts[empty[0]]!r}) gives no tokens "
+                         "(prepend_bos=False); a sequence needs at least one")
+    pad = next((int(i) for i in (getattr(tokenizer, "pad_token_id", None),
+                                 getattr(tokenizer, "eos_token_id", None)) if i is not None),
+               first[0] if first else bos_id(tokenizer))
+    seq = max(len(row) for row in rows)
+    tokens = np.full((len(rows), seq), pad, np.int32)
+    for i, row in enumerate(rows):
+        if padding_side == "right":
+            tokens[i, :len(row)] = row
+        else:
+            tokens[i, seq - len(row):] = row
+    return tokens

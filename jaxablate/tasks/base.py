@@ -30,6 +30,12 @@ class Task:
     texts: the prompts as text, when they came from text.
     info: how the task was made (seed, template, sizes): recorded in reports.
 
+    BOS: the text tasks (`ioi`, `from_jsonl`, `from_records`) start each prompt with the
+    tokenizer's BOS id by default, as TransformerLens's `to_tokens` does, with a
+    `prepend_bos` option recorded in info; positions count it. `induction` draws raw ids for
+    any vocabulary (the bundled model's 64 have no BOS, and it was trained without one), so
+    it takes no such option.
+
     Example:
         >>> task = jaxablate.tasks.induction(n_prompts=32, half=12, vocab=64, seed=0)
         >>> out = jaxablate.sweep(model, task.tokens, masks.single_heads(model.cfg),

@@ -14,6 +14,11 @@ is available.)
 One `Task` holds one template, so every prompt has the same token length and each position
 means the same thing in every prompt: per-position means (IOI's "means per template") and
 labelled positions line up. `ioi_tasks` builds one task per template.
+
+Every prompt starts with the BOS token (<|endoftext|>, 50256 for GPT-2) by default, as the
+IOI prompts do in TransformerLens (its `to_tokens` prepends BOS: TL's IOI notebooks and
+`jaxablate.to_tokens`); `prepend_bos=False` gives the bare sentences. The labelled positions
+count the BOS: with it, IO of template 0 is token 5, without it token 4.
 """
 
 from __future__ import annotations
@@ -25,7 +30,8 @@ from typing import Any
 import numpy as np
 
 from jaxablate.ablation.metrics import logit_diff
-from jaxablate.errors import InputError
+from jaxablate.errors import InputError, InputTypeError
+from jaxablate.model.tokenizer import bos_id
 from jaxablate.model.validation import check_int
 from jaxablate.tasks.base import Task
 
@@ -137,8 +143,10 @@ def _fill(body: str, io: str, s1: str, s2: str, place: str, obj: str) -> str:
     return _SLOT.sub(one, body)
 
 
-def _slot_positions(tokenizer: Any, body: str, words: tuple[str, ...]) -> dict[str, int]:
-    """Token index of the IO, S1 and S2 slots of `body` filled with `words`.
+def _slot_positions(tokenizer: Any, body: str, words: tuple[str, ...],
+                    first: int) -> dict[str, int]:
+    """Token index of the IO, S1 and S2 slots of `body` filled with `words`, counting the
+    `first` tokens put before the text (1 for a BOS, else 0).
 
     A name token carries its leading space, so the tokens before a slot are those of the text
     before it minus that space; GPT-2's pre-tokenizer always splits before " Name", so that
@@ -155,15 +163,17 @@ def _slot_positions(tokenizer: Any, body: str, words: tuple[str, ...]) -> dict[s
         else:
             continue
         prefix = _fill(body[:match.start()], *words).removesuffix(" ")
-        found[label] = len(tokenizer(prefix)["input_ids"])
+        found[label] = first + len(tokenizer(prefix)["input_ids"])
     if set(found) != {"IO", "S1", "S2"}:  # holds for all 30 templates
         raise InputError(f"template {body!r} needs one [A] and two [B] before the answer")
     return found
 
 
-def _tokenize(tokenizer: Any, texts: Sequence[str], what: str) -> np.ndarray:
-    """int32 [n, seq]; ValueError listing the lengths when they differ."""
-    ids = [tokenizer(text)["input_ids"] for text in texts]
+def _tokenize(tokenizer: Any, texts: Sequence[str], what: str,
+              first: Sequence[int]) -> np.ndarray:
+    """int32 [n, seq], each text's ids after the ids `first` (a BOS, or none); ValueError
+    listing the lengths when they differ."""
+    ids = [list(first) + list(tokenizer(text)["input_ids"]) for text in texts]
     lengths = sorted({len(i) for i in ids})
     if len(lengths) > 1:
         example = {n: texts[[len(i) for i in ids].index(n)] for n in lengths}
@@ -173,31 +183,37 @@ def _tokenize(tokenizer: Any, texts: Sequence[str], what: str) -> np.ndarray:
 
 
 def ioi(tokenizer: Any, n_prompts: int = 64, *, template: int = 0, seed: int = 0,
-        n_reference: int | None = None) -> Task:
+        n_reference: int | None = None, prepend_bos: bool = True) -> Task:
     """IOI prompts from one template, with the "ABC" reference set for mean ablation.
 
     tokenizer: a GPT-2 tokenizer (`jaxablate.load_tokenizer`). template: index into
     `ioi_templates()` (BABA 0-14, ABBA 15-29). Each prompt draws IO != S from the names that
     are one token, and a place and an object, with `np.random.default_rng(seed)`: the same
-    seed gives the same task, whatever `n_reference` is.
+    seed gives the same task, whatever `n_reference` is. prepend_bos: start every prompt
+    (and reference and counterfactual) with the BOS id, as TransformerLens's IOI prompts
+    start (its `to_tokens` default); the tokens equal `jaxablate.to_tokens(tokenizer,
+    task.texts, prepend_bos)`.
 
     Returns a `Task` with
-        tokens: int32 [n_prompts, seq] (the prompt stops before the final IO name);
+        tokens: int32 [n_prompts, seq] (BOS, then the prompt, which stops before the final
+            IO name);
         correct / wrong: int32 [n_prompts], the ids of " IO" / " S";
         metric: `logit_diff(correct, wrong)` at the last position;
-        positions: "IO", "S1", "S2", "S1+1", "END" -> int32 [n_prompts] (END = seq - 1);
+        positions: "IO", "S1", "S2", "S1+1", "END" -> int32 [n_prompts] (token indices
+            in `tokens`, the BOS counted; END = seq - 1);
         reference: int32 [n_reference, seq], the ABC set: reference prompt j keeps prompt
             (j mod n_prompts)'s template, place and object, and its IO, S1 and S2 slots hold
             three distinct names, none of them that prompt's IO or S;
         counterfactual: int32 [n_prompts, seq], prompt i's ABC version (the source set of
             activation and path patching, paired by index);
-        texts: the prompt strings; info: task, template, seed and pool sizes.
+        texts: the prompt strings (without the BOS); info: task, template, seed, pool
+            sizes and prepend_bos.
 
     Example:
         >>> task = ioi(load_tokenizer("gpt2"), 4, template=0, seed=0)
         >>> task.texts[0]
         'Then, Erin and Lindsey went to the hospital. Erin gave a necklace to'
-        >>> task.tokens.shape, task.positions["IO"][0]        # ((4, 15), 4)
+        >>> task.tokens.shape, task.tokens[0, 0], task.positions["IO"][0]  # (4, 16), 50256, 5
         >>> out = sweep(model, task.tokens, masks.single_heads(model.cfg),
         ...             mean_replacement(model, task.reference), task.metric)
     """
@@ -207,6 +223,9 @@ def ioi(tokenizer: Any, n_prompts: int = 64, *, template: int = 0, seed: int = 0
     n_reference = n_prompts if n_reference is None else check_int(n_reference,
                                                                      "n_reference", 1)
     seed = check_int(seed, "seed", 0)
+    if not isinstance(prepend_bos, (bool, np.bool_)):
+        raise InputTypeError(f"prepend_bos must be True or False, got {prepend_bos!r}")
+    first = [bos_id(tokenizer)] if prepend_bos else []
     text = templates[template]
     if not text.endswith(_ANSWER):  # holds for all 30; guards an edited template list
         raise InputError(f"template {template} must end with the answer slot '{_ANSWER}'")
@@ -241,14 +260,14 @@ def ioi(tokenizer: Any, n_prompts: int = 64, *, template: int = 0, seed: int = 0
     texts = [_fill(body, *words(i, io[i], s[i], s[i])) for i in range(n_prompts)]
     ref_texts = [_fill(body, *words(b, *abc[j])) for j, b in enumerate(base)]
     where = f"IOI template {template}"
-    tokens = _tokenize(tokenizer, texts, where)
-    abc_tokens = _tokenize(tokenizer, ref_texts, f"{where} (ABC reference)")
+    tokens = _tokenize(tokenizer, texts, where, first)
+    abc_tokens = _tokenize(tokenizer, ref_texts, f"{where} (ABC reference)", first)
     seq = tokens.shape[1]
     if abc_tokens.shape[1] != seq:
         raise InputError(f"{where}: ABC prompts have {abc_tokens.shape[1]} tokens, the IOI "
                          f"prompts {seq}; per-position means need one length")
 
-    slots = _slot_positions(tokenizer, body, words(0, io[0], s[0], s[0]))
+    slots = _slot_positions(tokenizer, body, words(0, io[0], s[0], s[0]), len(first))
     # Every prompt must carry its names at the slot positions, or the labels would lie.
     expected = {"IO": (name_ids[io], name_ids[abc[:, 0]]),
                 "S1": (name_ids[s], name_ids[abc[:, 1]]),
@@ -276,12 +295,13 @@ def ioi(tokenizer: Any, n_prompts: int = 64, *, template: int = 0, seed: int = 0
         info={"task": "ioi", "template": template, "order": "BABA" if template < 15 else "ABBA",
               "template_text": text, "seed": seed, "n_prompts": n_prompts,
               "n_reference": n_reference, "n_names": len(names), "n_places": len(places),
-              "n_objects": len(objects)},
+              "n_objects": len(objects), "prepend_bos": bool(prepend_bos)},
     )
 
 
 def ioi_tasks(tokenizer: Any, n_prompts: int = 64, *, templates: Sequence[int] | None = None,
-              seed: int = 0, n_reference: int | None = None) -> list[Task]:
+              seed: int = 0, n_reference: int | None = None,
+              prepend_bos: bool = True) -> list[Task]:
     """One `ioi` task per template (default all 30), each with its own ABC reference, so that
     mean ablation uses means per template.
 
@@ -289,12 +309,13 @@ def ioi_tasks(tokenizer: Any, n_prompts: int = 64, *, templates: Sequence[int] |
     objects as any other template (a paired comparison across templates; BABA t and ABBA
     t + 15 differ only in name order). Pass different seeds to `ioi` for independent draws.
 
-    Returns a list of `Task`, one per template, each tokens int32 [n_prompts, seq_t].
+    Returns a list of `Task`, one per template, each tokens int32 [n_prompts, seq_t]
+    (BOS first unless prepend_bos=False, as `ioi`).
 
     Example:
         >>> tasks = ioi_tasks(tok, 32, templates=range(15))           # the BABA templates
-        >>> [t.tokens.shape[1] for t in tasks][:3]                     # [15, 19, 18]
+        >>> [t.tokens.shape[1] for t in tasks][:3]                     # [16, 20, 19]
     """
     chosen = range(len(ioi_templates())) if templates is None else templates
-    return [ioi(tokenizer, n_prompts, template=t, seed=seed, n_reference=n_reference)
-            for t in chosen]
+    return [ioi(tokenizer, n_prompts, template=t, seed=seed, n_reference=n_reference,
+                prepend_bos=prepend_bos) for t in chosen]

@@ -9,6 +9,10 @@ The metric is the logit difference correct - wrong at the last token, so each an
 exactly one token (mid-sentence words usually need their leading space: " Mary", not "Mary").
 The sweep takes a rectangle [batch, seq], so all prompts of a task must have the same token
 length; put prompts of different lengths in separate files.
+
+Each prompt starts with the BOS token (50256 for GPT-2) unless `prepend_bos=False`, as
+TransformerLens's `to_tokens` gives it (`jaxablate.to_tokens`); the answers are tokenized
+without one.
 """
 
 from __future__ import annotations
@@ -21,7 +25,8 @@ from typing import Any
 import numpy as np
 
 from jaxablate.ablation.metrics import logit_diff
-from jaxablate.errors import InputError
+from jaxablate.errors import InputError, InputTypeError
+from jaxablate.model.tokenizer import bos_id
 from jaxablate.tasks.base import Task
 
 KEYS = ("prompt", "correct", "wrong")
@@ -60,10 +65,15 @@ def _check_record(record: Any, where: str) -> tuple[str, str, str]:
     return record["prompt"], record["correct"], record["wrong"]
 
 
-def _build(entries: Sequence[tuple[str, Any]], tokenizer: Any, source: str) -> Task:
+def _build(entries: Sequence[tuple[str, Any]], tokenizer: Any, source: str,
+           prepend_bos: bool) -> Task:
     """The task from (location, record) pairs; `location` names each record in errors."""
+    if not isinstance(prepend_bos, (bool, np.bool_)):
+        raise InputTypeError(f"{source}: prepend_bos must be True or False, got "
+                             f"{prepend_bos!r}")
     if not entries:
         raise InputError(f"{source}: no prompts; {_FORMAT}")
+    first = [bos_id(tokenizer)] if prepend_bos else []
     prompts, ids, correct, wrong = [], [], [], []
     for location, record in entries:
         where = f"{source}, {location}"
@@ -78,7 +88,7 @@ def _build(entries: Sequence[tuple[str, Any]], tokenizer: Any, source: str) -> T
                              f"({good!r} = {bad!r}, id {good_id}); the logit difference "
                              "would be 0")
         prompts.append(prompt)
-        ids.append(prompt_ids)
+        ids.append(first + list(prompt_ids))
         correct.append(good_id)
         wrong.append(bad_id)
 
@@ -107,15 +117,19 @@ def _build(entries: Sequence[tuple[str, Any]], tokenizer: Any, source: str) -> T
         wrong=wrong_ids,
         positions={"END": np.full(batch, seq - 1, np.int32)},
         texts=tuple(prompts),
-        info={"task": "prompts", "source": source, "n_prompts": batch, "seq_len": seq},
+        info={"task": "prompts", "source": source, "n_prompts": batch, "seq_len": seq,
+              "prepend_bos": bool(prepend_bos)},
     )
 
 
-def from_records(records: Sequence[Any], tokenizer: Any, source: str = "records") -> Task:
+def from_records(records: Sequence[Any], tokenizer: Any, source: str = "records", *,
+                 prepend_bos: bool = True) -> Task:
     """A task from in-memory records, each a dict with string keys "prompt", "correct",
     "wrong" (extra keys are ignored). Errors name the record as `source, record i` (0-based).
+    prepend_bos: start each prompt with the BOS id (TransformerLens's default).
 
-    Returns a `Task`: tokens int32 [batch, seq] (every prompt must have `seq` tokens);
+    Returns a `Task`: tokens int32 [batch, seq] (BOS and the prompt; every prompt must
+    have `seq` tokens);
     correct / wrong int32 [batch] (each answer exactly one token); metric
     `logit_diff(correct, wrong)` at the last position; positions {"END": int32 [batch]};
     texts the prompts; info {"task": "prompts", "source": source, ...}.
@@ -123,16 +137,18 @@ def from_records(records: Sequence[Any], tokenizer: Any, source: str = "records"
     Example:
         >>> task = from_records([{"prompt": "The capital of France is", "correct": " Paris",
         ...                       "wrong": " London"}], load_tokenizer("gpt2"))
-        >>> task.tokens.shape, task.correct                  # ((1, 5), array([6342]))
+        >>> task.tokens.shape, task.correct                  # ((1, 6), array([6342]))
     """
     if isinstance(records, (str, bytes)) or not isinstance(records, Sequence):
         raise InputError(f"{source}: expected a list of dicts, got {type(records).__name__}")
-    return _build([(f"record {i}", r) for i, r in enumerate(records)], tokenizer, source)
+    return _build([(f"record {i}", r) for i, r in enumerate(records)], tokenizer, source,
+                  prepend_bos)
 
 
-def from_jsonl(path: str | os.PathLike, tokenizer: Any) -> Task:
+def from_jsonl(path: str | os.PathLike, tokenizer: Any, *, prepend_bos: bool = True) -> Task:
     """A task from a JSON-lines file: one {"prompt", "correct", "wrong"} object per line
-    (blank lines are skipped). Errors name the file and the line number.
+    (blank lines are skipped). Errors name the file and the line number. prepend_bos:
+    start each prompt with the BOS id (TransformerLens's default).
 
     Returns a `Task` as `from_records` does, with info["source"] the path: tokens int32
     [batch, seq], correct / wrong int32 [batch], positions {"END": int32 [batch]}.
@@ -165,4 +181,4 @@ def from_jsonl(path: str | os.PathLike, tokenizer: Any) -> Task:
         entries.append((f"line {number}", record))
     if not entries:
         raise InputError(f"{source}: the file is empty (no prompts); {_FORMAT}")
-    return _build(entries, tokenizer, source)
+    return _build(entries, tokenizer, source, prepend_bos)
