@@ -140,7 +140,8 @@ def test_a_progress_bar_keeps_the_planned_total_over_several_sweeps(capsys):
     assert (unplanned.bar.total, unplanned.bar.n) == (6, 6)
 
 
-def test_progress_true_gives_bars_whose_totals_are_the_plans(tiny_model, monkeypatch, capsys):
+def test_progress_true_gives_bars_whose_totals_are_the_plans(tiny_model, monkeypatch, capsys,
+                                                              tmp_path):
     seen: list = []
     call = ProgressBars.__call__
 
@@ -172,7 +173,12 @@ def test_progress_true_gives_bars_whose_totals_are_the_plans(tiny_model, monkeyp
                    chunk_size=2, progress=True)
     assert out.shape == (len(masks), 4)
     assert seen[-1] == ("sweep", len(masks), len(masks))
-    assert f"sweep: 100%" in capsys.readouterr().err
+    assert "sweep: 100%" in capsys.readouterr().err
+    stored = ja.sweep(tiny_model, task.tokens, masks, ja.zero_replacement(tiny_model), metric,
+                      chunk_size=2, progress=True, store=tmp_path / "store")
+    np.testing.assert_array_equal(stored, out)
+    err = capsys.readouterr().err
+    assert err.count("sweep: 100%") == 1, err  # one bar, closed once
     with pytest.raises(ja.InputTypeError, match="expected True"):
         protocol.Study(tiny_model, task, progress="yes")
 

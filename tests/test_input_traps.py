@@ -73,9 +73,9 @@ def test_nan_keep_weight_is_named_as_nan(tiny_model, tokens):
 
 def test_progress_that_is_not_callable_is_refused_before_compiling(tiny_model, tokens):
     ms = masks.single_heads(tiny_model.cfg)
-    with nothing_compiles(), pytest.raises(InputTypeError, match="progress: expected None or"):
+    with nothing_compiles(), pytest.raises(InputTypeError, match="progress: expected True"):
         ja.sweep(tiny_model, tokens, ms, ja.zero_replacement(tiny_model),
-                 metrics.logit_diff(1, 2), progress=True)
+                 metrics.logit_diff(1, 2), progress="yes")
 
 
 @pytest.mark.parametrize("factory", [metrics.loss, metrics.logit_diff, metrics.kl_to_clean])

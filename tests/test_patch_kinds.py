@@ -360,7 +360,7 @@ def test_patching_refuses_bad_sweep_options_before_compiling(tiny_model, prompts
     with nothing_compiles(), pytest.raises(jaxablate.InputError, match="chunk_size"):
         function(tiny_model, tokens, source, metric, chunk_size=0)
     with nothing_compiles(), pytest.raises(jaxablate.InputTypeError, match="progress"):
-        function(tiny_model, tokens, source, metric, progress=True)
+        function(tiny_model, tokens, source, metric, progress="yes")
     with nothing_compiles(), pytest.raises(jaxablate.InputTypeError,
                                            match=r"unexpected keyword arguments \['chunk'\]"):
         function(tiny_model, tokens, source, metric, chunk=4)

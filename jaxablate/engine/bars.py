@@ -85,3 +85,28 @@ class ProgressBars:
         elif self.bar is False:
             print(f"{self.step}: {self.count} ablations", file=sys.stderr)
         self.bar = None
+
+
+def sweep_progress(progress: Any) -> Any:
+    """A sweep's `progress` argument as its callback `(done, total)`: True gives one bar
+    labelled "sweep" (its total is the sweep's, known at the first chunk) that closes when
+    the sweep is done; False or None nothing; a callable itself.
+
+    Example:
+        >>> report = sweep_progress(True)
+        >>> report(4, 8); report(8, 8)         # a bar on stderr, closed at 8/8
+    """
+    if progress is not True:
+        return None if progress is False else progress
+    bars = ProgressBars()
+    finished: list[bool] = []
+
+    def report(done: int, total: int) -> None:
+        if finished:  # a results store repeats a file's last count
+            return
+        bars("sweep", done, total)
+        if done >= total:
+            bars.close()
+            finished.append(True)
+
+    return report

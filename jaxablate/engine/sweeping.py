@@ -33,6 +33,7 @@ from jaxtyping import Float
 
 from jaxablate.ablation.masks import MaskSet
 from jaxablate.ablation.metrics import check_metric, vocab_columns
+from jaxablate.engine.bars import sweep_progress
 from jaxablate.engine.draws import check_draws, is_drawn, stack_draws
 from jaxablate.engine.plan import as_mask_set, plan_sweep
 from jaxablate.engine.resume import resume, trajectory
@@ -212,8 +213,8 @@ def sweep(
     from `jaxablate.metrics`. chunk_size: masks per compiled call (default: the size of least
     estimated cost that fits `memory_budget` bytes, see `jaxablate.engine.schedule`; with
     draws, each mask of a chunk runs D times).
-    progress(done, total) is called after every chunk.
-    reuse_prefix=False runs every mask from layer 0 (slower; same numbers up to rounding).
+    progress: True for a progress bar on stderr, or progress(done, total) called after
+    every chunk. reuse_prefix=False runs every mask from layer 0 (slower; same numbers up to rounding).
     devices: the devices the mask axis is split over (None: every local device; an int n:
     the first n; a list of jax devices), or mesh: a `jax.sharding.Mesh` (see
     `jaxablate.engine.sharding`); chunks then hold a multiple of the device count (the default
@@ -229,6 +230,7 @@ def sweep(
     place = placement(devices, mesh)
     tokens, mask_set, positions, data, chunk_size = check_sweep(
         model, tokens, masks, replacement, metric, chunk_size, memory_budget, progress)
+    progress = sweep_progress(progress)  # True: one bar on stderr
     drawn = is_drawn(replacement)
     n_draws = len(replacement) if drawn else 1
     batch, seq = tokens.shape

@@ -215,10 +215,11 @@ def check_replacement(
 
 
 def check_progress(progress: Any) -> None:
-    """A progress callback is None or a callable `(done, total)`; anything else is refused
-    before a sweep compiles (`progress=True` would fail only after the first chunk)."""
-    if progress is not None and not callable(progress):
-        raise InputTypeError(f"progress: expected True (a progress bar; jaxablate.sweep), None "
+    """A sweep's progress is None, a bool (True: a progress bar, `engine.bars`) or a
+    callable `(done, total)`; anything else is refused before a sweep compiles (it would
+    fail only after the first chunk)."""
+    if progress is not None and not isinstance(progress, bool) and not callable(progress):
+        raise InputTypeError(f"progress: expected True (a progress bar), None "
                              f"or a function progress(done, total), got "
                              f"{type(progress).__name__} {progress!r}")
 

@@ -5,14 +5,13 @@ never imports the store.
 
 from __future__ import annotations
 
-import functools
 from typing import Any
 
 import numpy as np
 from jaxtyping import Float
 
 from jaxablate.engine import sweeping
-from jaxablate.engine.bars import ProgressBars
+from jaxablate.engine.bars import sweep_progress
 from jaxablate.model.gpt2 import GPT2
 from jaxablate.store.results import ResultsStore
 
@@ -35,19 +34,12 @@ def sweep(model: GPT2, tokens: Any, masks: Any, replacement: Any, metric: Any,
         >>> out = sweep(model, tokens, masks.head_pairs(cfg), repl, metric, store="runs/pairs")
         >>> out.shape                                       # (10296, batch)
     """
-    bars = ProgressBars() if progress is True else None
-    if bars is not None:  # one bar; its total is the sweep's, known at its first chunk
-        progress = functools.partial(bars, "sweep")
-    progress = None if progress is False else progress
-    try:
-        if store is None:
-            return sweeping.sweep(model, tokens, masks, replacement, metric, chunk_size,
-                                  progress=progress, reuse_prefix=reuse_prefix,
-                                  memory_budget=memory_budget, devices=devices, mesh=mesh)
-        store = store if isinstance(store, ResultsStore) else ResultsStore(store)
-        return store.sweep(model, tokens, masks, replacement, metric, chunk_size,
-                           progress=progress, reuse_prefix=reuse_prefix,
-                           memory_budget=memory_budget, devices=devices, mesh=mesh)
-    finally:
-        if bars is not None:
-            bars.close()
+    progress = sweep_progress(progress)  # True: one bar on stderr
+    if store is None:
+        return sweeping.sweep(model, tokens, masks, replacement, metric, chunk_size,
+                              progress=progress, reuse_prefix=reuse_prefix,
+                              memory_budget=memory_budget, devices=devices, mesh=mesh)
+    store = store if isinstance(store, ResultsStore) else ResultsStore(store)
+    return store.sweep(model, tokens, masks, replacement, metric, chunk_size,
+                       progress=progress, reuse_prefix=reuse_prefix,
+                       memory_budget=memory_budget, devices=devices, mesh=mesh)
