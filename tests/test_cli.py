@@ -10,6 +10,7 @@ import json
 import sys
 import types
 
+import numpy as np
 import pytest
 from test_report import BASELINE, synthetic_result
 
@@ -24,7 +25,7 @@ STUDY_OPTIONS = ("--model", "--task", "--prompts", "--tokenizer", "--template", 
                  "--ablation", "--components", "--neuron-layers", "--seed", "--threshold",
                  "--out", "--json", "--no-plots", "--top", "--quiet", "--no-cache", "--screen",
                  "--ig-steps", "--screen-top-k", "--devices", "--distributed", "--coordinator",
-                 "--num-processes", "--process-id", "--compare", "--dry-run")
+                 "--num-processes", "--process-id", "--compare", "--dry-run", "--no-bos")
 
 
 class FakeResult:
@@ -159,6 +160,7 @@ def test_help_names_the_command_and_its_options(capsys):
     (["study", "--prompts", "{prompts}", "--task", "ioi"], "--prompts replaces --task"),
     (["study", "--prompts", "{prompts}", "--n-prompts", "8"], "--n-prompts"),
     (["study", "--template", "3"], "--template applies to --task ioi"),
+    (["study", "--no-bos"], "--no-bos applies to --task ioi and --prompts only"),
     (["study", "--tokenizer", "gpt2"], "--tokenizer applies to --task ioi"),
     (["study", "--neuron-layers", "0"], "--neuron-layers applies only"),
     (["study", "--out", "{prompts}"], "is not a folder"),
@@ -200,6 +202,16 @@ def test_ioi_and_prompts_build_their_tasks(tmp_path, gpt2_vocab_dir, tokenizer_d
     (_, ioi, _), (_, mine, _) = fake_study.calls
     assert ioi.name == "ioi" and ioi.info["template"] == 16 and len(ioi) == 6
     assert len(mine) == 4 and mine.metric.name == "logit_diff"
+    # BOS first by default, as TL's to_tokens; --no-bos the bare prompts, one token shorter
+    assert ioi.info["prepend_bos"] and mine.info["prepend_bos"]
+    assert (ioi.tokens[:, 0] == 50256).all() and (mine.tokens[:, 0] == 50256).all()
+    assert main(["study", "--task", "ioi", "--template", "16", "--n-prompts", "6", "--out",
+                 str(tmp_path / "ioi"), "--no-bos"] + common) == 2  # other settings there
+    assert main(["study", "--task", "ioi", "--template", "16", "--n-prompts", "6", "--out",
+                 str(tmp_path / "ioi-bare"), "--no-bos"] + common) == 0
+    bare = fake_study.calls[-1][1]
+    assert not bare.info["prepend_bos"] and bare.tokens.shape[1] == ioi.tokens.shape[1] - 1
+    np.testing.assert_array_equal(bare.tokens, ioi.tokens[:, 1:])
 
 
 def test_study_options_reach_the_study_and_the_report(tmp_path, tiny_dir, fake_study, capsys):

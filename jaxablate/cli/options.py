@@ -63,6 +63,9 @@ def check_options(args: argparse.Namespace) -> None:
     task = "prompts" if args.prompts is not None else args.task or "induction"
     if args.template is not None and task != "ioi":
         raise UsageError("--template applies to --task ioi only")
+    if args.no_bos and task == "induction":
+        raise UsageError("--no-bos applies to --task ioi and --prompts only; induction prompts "
+                         "are token ids without BOS")
     if args.tokenizer is not None and task == "induction":
         raise UsageError("--tokenizer applies to --task ioi and --prompts only; induction "
                          "uses token ids directly")
@@ -203,6 +206,8 @@ def settings_from_options(args: argparse.Namespace) -> dict[str, Any]:
                        "learning_rate": oa["oa_lr"]}
     if task == "ioi":
         meta["task"]["template"] = 0 if args.template is None else args.template
+    if task != "induction":
+        meta["task"]["prepend_bos"] = not args.no_bos
     if task == "prompts":
         meta["task"]["source"] = args.prompts
     else:

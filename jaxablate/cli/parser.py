@@ -213,6 +213,10 @@ def build_parser() -> argparse.ArgumentParser:
                         help="IOI template 0-29 (BABA 0-14, ABBA 15-29) (default: 0)")
     source.add_argument("--n-prompts", type=_positive_int, default=None, metavar="N",
                         help=f"prompts to generate for --task (default: {DEFAULT_N_PROMPTS})")
+    source.add_argument("--no-bos", action="store_true",
+                        help="--task ioi and --prompts: do not start each prompt with the "
+                             "BOS token (by default they do, as TransformerLens's to_tokens "
+                             "does; every labelled position counts it)")
 
     ablation = study.add_argument_group("ablation")
     ablation.add_argument("--ablation", choices=("zero", "mean", "resample", "optimal"),

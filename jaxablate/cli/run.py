@@ -133,17 +133,17 @@ def _load_task(args: argparse.Namespace, cfg: Any, tokenizer: Any) -> Any:
     from jaxablate.tasks.prompts import from_jsonl
 
     if args.prompts is not None:
-        task = from_jsonl(args.prompts, tokenizer)
+        task = from_jsonl(args.prompts, tokenizer, prepend_bos=not args.no_bos)
     elif args.task == "ioi":
         task = ioi(tokenizer, args.n_prompts or DEFAULT_N_PROMPTS,
-                         template=0 if args.template is None else args.template,
-                         seed=args.seed)
+                   template=0 if args.template is None else args.template, seed=args.seed,
+                   prepend_bos=not args.no_bos)
     else:
         # GPT-2's own vocabulary: stay clear of the end-of-text id.
         vocab = induction_vocab(cfg.d_vocab)
         half = min(INDUCTION_HALF, cfg.n_ctx // 2)
         task = induction(args.n_prompts or DEFAULT_N_PROMPTS, half=half, vocab=vocab,
-                               seed=args.seed)
+                         seed=args.seed)
     if task.tokens.shape[1] > cfg.n_ctx:
         raise UsageError(f"the prompts have {task.tokens.shape[1]} tokens, more than the "
                          f"model's context of {cfg.n_ctx}")

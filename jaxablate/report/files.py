@@ -75,8 +75,8 @@ from jaxablate.version import VERSION
 
 REPORT_MARKER = ".jaxablate-report.json"
 # The settings a report's numbers depend on, in the order a refusal lists them.
-FINGERPRINT_KEYS = ("model", "task", "template", "prompts", "n_prompts", "metric", "ablation",
-                    "components", "neuron_layers", "seed", "threshold", "oa_objective",
+FINGERPRINT_KEYS = ("model", "task", "template", "prompts", "prepend_bos", "n_prompts", "metric",
+                    "ablation", "components", "neuron_layers", "seed", "threshold", "oa_objective",
                     "oa_steps", "oa_lr")
 
 
@@ -104,7 +104,7 @@ def report_fingerprint(meta: Mapping[str, Any]) -> dict[str, Any]:
 
     meta: `StudyResult.meta`, or a dict with some of its keys (the command line builds one
     from its options before anything loads): "model", "task" ({"name", "template" (IOI),
-    "source" (a prompts file)}), "n_prompts", "metric", "ablation", "components",
+    "source" (a prompts file), "prepend_bos"}), "n_prompts", "metric", "ablation", "components",
     "neuron_layers", "seed", "threshold" with "threshold_rule", "optimal" ({"objective",
     "steps", "learning_rate"}: oa_objective, oa_steps, oa_lr). Keys absent from `meta` are
     absent from the fingerprint, and `fingerprint_differences` compares only the keys both
@@ -127,6 +127,8 @@ def report_fingerprint(meta: Mapping[str, Any]) -> dict[str, Any]:
         found["template"] = task["template"]
     if "source" in task:
         found["prompts"] = task["source"]
+    if "prepend_bos" in task:
+        found["prepend_bos"] = bool(task["prepend_bos"])
     for key in ("n_prompts", "metric", "ablation", "components", "neuron_layers", "seed"):
         if key in meta:
             found[key] = meta[key]
