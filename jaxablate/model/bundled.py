@@ -10,7 +10,7 @@ from pathlib import Path
 
 from jaxablate.errors import InputError
 
-BUNDLED = ("induction",)
+BUNDLED = ("induction", "ioi_toy")
 ZOO_DIR = Path(__file__).resolve().parent.parent / "zoo"
 
 
