@@ -159,7 +159,8 @@ def test_help_names_the_command_and_its_options(capsys):
     (["study", "--prompts", "no-such-file.jsonl"], "no such file"),
     (["study", "--prompts", "{prompts}", "--task", "ioi"], "--prompts replaces --task"),
     (["study", "--prompts", "{prompts}", "--n-prompts", "8"], "--n-prompts"),
-    (["study", "--template", "3"], "--template applies to --task ioi"),
+    (["study", "--template", "3"], "--template applies to --task ioi and ioi-toy"),
+    (["study", "--task", "ioi-toy", "--tokenizer", "gpt2"], "ioi-toy uses token ids"),
     (["study", "--no-bos"], "--no-bos applies to --task ioi and --prompts only"),
     (["study", "--tokenizer", "gpt2"], "--tokenizer applies to --task ioi"),
     (["study", "--neuron-layers", "0"], "--neuron-layers applies only"),
@@ -212,6 +213,19 @@ def test_ioi_and_prompts_build_their_tasks(tmp_path, gpt2_vocab_dir, tokenizer_d
     bare = fake_study.calls[-1][1]
     assert not bare.info["prepend_bos"] and bare.tokens.shape[1] == ioi.tokens.shape[1] - 1
     np.testing.assert_array_equal(bare.tokens, ioi.tokens[:, 1:])
+
+
+def test_ioi_toy_runs_on_the_toy_model_by_default(tmp_path, fake_study):
+    argv = ["study", "--task", "ioi-toy", "--template", "2", "--n-prompts", "6", "--out",
+            str(tmp_path / "toy"), "--no-plots", "--quiet", "--no-cache"]
+    assert main(argv) == 0
+    assert main(argv) == 0  # the same settings again: the fingerprint matches its own meta
+    (model, task, kwargs), _ = fake_study.calls
+    expected = jaxablate.tasks.ioi_toy(6, template=2, seed=0)
+    assert kwargs["model_name"] == "bundled:ioi_toy" and model.cfg.n_layers == 4
+    assert task.name == "ioi_toy" and task.info["template"] == 2
+    np.testing.assert_array_equal(task.tokens, expected.tokens)
+    assert main(argv + ["--no-bos"]) == 2
 
 
 def test_study_options_reach_the_study_and_the_report(tmp_path, tiny_dir, fake_study, capsys):

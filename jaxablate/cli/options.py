@@ -24,6 +24,8 @@ from typing import Any
 
 from jaxablate.cli.parser import (  # noqa: F401  (re-exported: the parser and its constants)
     ABLATION_TYPES,
+    DEFAULT_MODEL,
+    DEFAULT_MODELS,
     COMPONENT_KINDS,
     DEFAULT_N_PROMPTS,
     DEFAULT_OA_LR,
@@ -47,6 +49,8 @@ class UsageError(InputError):
 
 def check_options(args: argparse.Namespace) -> None:
     """Options that do not go together, and files that are not there (before any work)."""
+    if args.model is None:
+        args.model = model_source(args)
     if "mlps" in args.components and "neurons" in args.components:
         raise UsageError("--components: mlps and neurons overlap (an MLP's output is its "
                          "neurons' sum); run two studies, e.g. heads,mlps and heads,neurons")
@@ -61,11 +65,14 @@ def check_options(args: argparse.Namespace) -> None:
             raise UsageError("--patching needs counterfactual prompts paired with the prompts "
                              "(--task induction or ioi); a --prompts file has none")
     task = "prompts" if args.prompts is not None else args.task or "induction"
-    if args.template is not None and task != "ioi":
-        raise UsageError("--template applies to --task ioi only")
-    if args.no_bos and task == "induction":
-        raise UsageError("--no-bos applies to --task ioi and --prompts only; induction prompts "
-                         "are token ids without BOS")
+    if args.template is not None and task not in ("ioi", "ioi-toy"):
+        raise UsageError("--template applies to --task ioi and ioi-toy only")
+    if args.no_bos and task in ("induction", "ioi-toy"):
+        raise UsageError("--no-bos applies to --task ioi and --prompts only; induction and "
+                         "ioi-toy prompts are token ids of their own")
+    if args.tokenizer is not None and task == "ioi-toy":
+        raise UsageError("--tokenizer applies to --task ioi and --prompts only; ioi-toy uses "
+                         "token ids directly")
     if args.tokenizer is not None and task == "induction":
         raise UsageError("--tokenizer applies to --task ioi and --prompts only; induction "
                          "uses token ids directly")
@@ -153,6 +160,19 @@ def check_prompts_file(path: str) -> None:
                          "its permissions") from None
 
 
+def model_source(args: argparse.Namespace) -> str:
+    """--model, or the task's default model when it is not given (bundled:ioi_toy for
+    --task ioi-toy, else bundled:induction).
+
+    Example:
+        >>> model_source(build_parser().parse_args(["study", "--task", "ioi-toy"]))
+        'bundled:ioi_toy'
+    """
+    if args.model is not None:
+        return args.model
+    return DEFAULT_MODELS.get(args.task, DEFAULT_MODEL)
+
+
 def uses_optimal(args: argparse.Namespace) -> bool:
     """Whether the run may fit optimal constants: --ablation optimal, the comparison step
     (its --compare types include optimal, as the default's may) or --circuit-ablation
@@ -194,7 +214,7 @@ def settings_from_options(args: argparse.Namespace) -> dict[str, Any]:
     """
     task = "prompts" if args.prompts is not None else args.task or "induction"
     meta: dict[str, Any] = {
-        "model": args.model, "task": {"name": task}, "ablation": args.ablation,
+        "model": model_source(args), "task": {"name": task.replace("-", "_")}, "ablation": args.ablation,
         "components": list(args.components),
         "neuron_layers": None if args.neuron_layers is None else list(args.neuron_layers),
         "seed": args.seed, "threshold": args.threshold,
@@ -204,9 +224,9 @@ def settings_from_options(args: argparse.Namespace) -> dict[str, Any]:
     oa = oa_settings(args)
     meta["optimal"] = {"objective": oa["oa_objective"], "steps": oa["oa_steps"],
                        "learning_rate": oa["oa_lr"]}
-    if task == "ioi":
+    if task in ("ioi", "ioi-toy"):
         meta["task"]["template"] = 0 if args.template is None else args.template
-    if task != "induction":
+    if task in ("ioi", "prompts"):
         meta["task"]["prepend_bos"] = not args.no_bos
     if task == "prompts":
         meta["task"]["source"] = args.prompts

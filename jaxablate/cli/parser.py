@@ -28,6 +28,10 @@ DEFAULT_OA_STEPS, DEFAULT_OA_LR, DEFAULT_OA_OBJECTIVE = 100, 0.01, "kl_to_clean"
 OA_OBJECTIVES = ("kl_to_clean", "loss")
 INDUCTION_HALF = 16
 ABLATION_TYPES = ("zero", "mean", "resample", "optimal")
+TASKS = ("induction", "ioi", "ioi-toy")
+# The model a task runs on when --model is not given (ioi-toy is the toy model's own task).
+DEFAULT_MODELS = {"ioi-toy": "bundled:ioi_toy"}
+DEFAULT_MODEL = "bundled:induction"
 # With no --compare, the comparison leaves optimal ablation out when nothing else fits optimal
 # constants and the plan estimates its fit at more than this on the machine (GPT-2 small's
 # full-vocabulary fit is hours on a CPU); a line says so.
@@ -76,6 +80,8 @@ examples:
   jaxablate study --ablation optimal --oa-steps 200 --circuit-ablation optimal
       every step under optimal ablation (each head at its own best constant), and the
       minimal circuit's complement also ablated at constants optimised for it jointly
+  jaxablate study --task ioi-toy
+      the bundled 4-layer x 4-head toy IOI model (name movers, backups) on its own task
   jaxablate study --model gpt2 --task ioi --dry-run
       the plan and its estimated time; optimal ablation is left out of the comparison when
       its fit would take long (the plan says so): --compare zero,mean,resample,optimal
@@ -194,13 +200,16 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter)
 
     source = study.add_argument_group("model and prompts")
-    source.add_argument("--model", default="bundled:induction", metavar="SOURCE",
+    source.add_argument("--model", default=None, metavar="SOURCE",
                         help="hub id (gpt2, gpt2-medium, ...), a folder with config.json and "
-                             "model.safetensors, or bundled:NAME (default: bundled:induction)")
-    source.add_argument("--task", choices=("induction", "ioi"), default=None,
+                             "model.safetensors, or bundled:NAME (default: bundled:induction; "
+                             "with --task ioi-toy, bundled:ioi_toy)")
+    source.add_argument("--task", choices=TASKS, default=None,
                         help="built-in task: induction (random sequences repeated once; loss on "
-                             "the repeat) or ioi (indirect object identification; logit "
-                             "difference IO - S; needs a GPT-2 tokenizer) (default: induction)")
+                             "the repeat), ioi (indirect object identification; logit "
+                             "difference IO - S; needs a GPT-2 tokenizer) or ioi-toy (the "
+                             "bundled toy IOI model's own task over its 64 token ids; logit "
+                             "difference IO - S) (default: induction)")
     source.add_argument("--prompts", metavar="FILE.jsonl", default=None,
                         help='your own prompts instead of --task: one {"prompt", "correct", '
                              '"wrong"} object per line, all prompts the same token length')
@@ -210,7 +219,8 @@ def build_parser() -> argparse.ArgumentParser:
                              "than GPT-2's 50257 ids needs its own (default: gpt2, shipped "
                              "with jaxablate)")
     source.add_argument("--template", type=int, default=None, metavar="N",
-                        help="IOI template 0-29 (BABA 0-14, ABBA 15-29) (default: 0)")
+                        help="IOI template 0-29 (BABA 0-14, ABBA 15-29), or ioi-toy's 0-5 "
+                             "(default: 0)")
     source.add_argument("--n-prompts", type=_positive_int, default=None, metavar="N",
                         help=f"prompts to generate for --task (default: {DEFAULT_N_PROMPTS})")
     source.add_argument("--no-bos", action="store_true",

@@ -130,10 +130,14 @@ def _check_fit(args: argparse.Namespace, cfg: Any, n_ids: int | None) -> None:
 def _load_task(args: argparse.Namespace, cfg: Any, tokenizer: Any) -> Any:
     from jaxablate.tasks.induction import induction, induction_vocab
     from jaxablate.tasks.ioi import ioi
+    from jaxablate.tasks.ioi_toy import ioi_toy
     from jaxablate.tasks.prompts import from_jsonl
 
     if args.prompts is not None:
         task = from_jsonl(args.prompts, tokenizer, prepend_bos=not args.no_bos)
+    elif args.task == "ioi-toy":
+        task = ioi_toy(args.n_prompts or DEFAULT_N_PROMPTS,
+                       template=0 if args.template is None else args.template, seed=args.seed)
     elif args.task == "ioi":
         task = ioi(tokenizer, args.n_prompts or DEFAULT_N_PROMPTS,
                    template=0 if args.template is None else args.template, seed=args.seed,
