@@ -265,9 +265,12 @@ class GPT2(eqx.Module):
         pattern = jax.nn.softmax(attn_scores, axis=-1)
         z = self.ablate_z(layer, self.matmul("hqk,khe->qhe", pattern, v), mask, replacement,
                           queries)
-        attn_out = self.matmul("she,hed->sd", z, p.W_O) + _f32(p.b_O)
-        acts = {"q": q, "k": k, "v": v, "attn_scores": attn_scores, "attn_out": attn_out}
-        return local(x) + attn_out, z, pattern, acts
+        heads_out = self.matmul("she,hed->sd", z, p.W_O)
+        acts = {"q": q, "k": k, "v": v, "attn_scores": attn_scores,
+                "attn_out": heads_out + _f32(p.b_O)}
+        # (stream + z W_O) + b_O, in this order: the sweep's attention reuse adds its deltas
+        # to the clean stream the same way, so both round alike.
+        return local(x) + heads_out + _f32(p.b_O), z, pattern, acts
 
     def ablate_z(
         self,
